@@ -1,0 +1,262 @@
+"""Typed, validated configuration: dataclasses + YAML presets + dotted overrides.
+
+    cfg = load_config("nl_i3d_r50_128f", ["train.steps=100", "data.batch_size=1"])
+
+A preset is a YAML file in ``nlray/configs/`` (or any path) holding a subset of the
+sections below; it may name one ``base`` preset that it extends (one level only).
+Unknown keys and bad values raise ``ConfigError`` naming the key and what is allowed,
+before any cluster resource is requested. Models never see this tree: ``build_model``
+translates the ``model`` section into keyword arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that is not allowed; the message names both."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "i3d"  # c2d (1xkxk convs) | i3d (I3D 3x1x1, Table 1) | i3d3x3x3 (inflate the 3x3)
+    depth: int = 50  # 50 -> stages (3,4,6,3); 101 -> (3,4,23,3)
+    stage_depths: Optional[List[int]] = None  # overrides the depth table (the demo preset shrinks it)
+    width: int = 64  # conv1 / res2 inner width; res2..res5 inner = width*(1,2,4,8), out = 4x that
+    num_classes: int = 0  # 0 = from the dataset's label map (400 for Kinetics-400 in summaries)
+    nonlocal_blocks: int = 0  # 0 | 1 | 5 | 10: the paper's placements (PAPER.md "Placement")
+    nonlocal_placement: Optional[List[List[int]]] = None  # explicit [[stage, block], ...], overrides
+    nl_instantiation: str = "embedded_gaussian"  # gaussian | embedded_gaussian | dot_product | concatenation
+    nl_mode: str = "spacetime"  # spacetime | space | time
+    nl_subsample: bool = True  # 1x2x2 max-pool on phi and g
+    nl_subsample_where: str = "after"  # after (paper: pool phi/g outputs) | before (Caffe2: pool x)
+    nl_softmax_scale: bool = False  # Caffe2's (C/2)^-0.5 on theta^T phi; the paper uses none
+    nl_temporal_groups: int = 1  # >1: res3 non-local within groups of T/groups frames (Caffe2 128f)
+    pool_variant: str = "paper"  # paper (pool1 3x3x3, pool2 3x1x1) | caffe2 (2x3x3, 2x1x1)
+    dropout: float = 0.5  # before the classifier
+    pretrained: str = "none"  # none | imagenet (torchvision) | path/URI of a torchvision ResNet state dict
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # dataset root (official Kinetics layout) or a manifest .parquet; "" = synthetic demo set
+    cache_dir: str = "~/.cache/nlray"  # synthetic data and manifests built from a root
+    s3_endpoint_url: str = ""  # S3-compatible endpoint; "" = AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL / AWS
+    train_split: str = "train"
+    val_split: str = "val"
+    frames: int = 32  # frames per clip (T)
+    frame_stride: int = 2  # 2: 64-frame window, every other frame (32x2); 1: consecutive (128x1)
+    train_short_side: List[int] = field(default_factory=lambda: [256, 320])  # random shorter side range
+    crop_size: int = 224  # train crop
+    eval_short_side: int = 256
+    eval_crop_size: int = 256
+    eval_num_clips: int = 10  # clips evenly over the video
+    eval_num_crops: int = 3  # spatial crops covering the long side
+    backend: str = "decord"  # decord | pyav
+    batch_size: int = 8  # clips per worker per step
+    decode_actors: int = 2  # size of the CPU decoder actor pool
+    decode_cpus: float = 1.0  # CPUs reserved per decoder actor
+    decode_batch: int = 4  # videos per map_batches call
+    shuffle_seed: Optional[int] = None  # None: a new order every epoch
+
+
+@dataclass
+class TrainConfig:
+    num_workers: int = 8  # Ray Train workers (one per GPU)
+    use_gpu: bool = True
+    cpus_per_worker: float = 1.0
+    steps: int = 400_000  # optimizer steps
+    base_lr: float = 0.01  # lr at base_batch clips per step; scaled linearly with the global batch
+    base_batch: int = 64
+    global_batch: int = 0  # target clips per optimizer step (grad accumulation); 0 = workers x batch
+    lr_milestones: List[int] = field(default_factory=lambda: [150_000, 300_000])  # lr x gamma at each
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0  # linear warm-up from 0
+    momentum: float = 0.9
+    nesterov: bool = False  # Caffe2 used Nesterov
+    weight_decay: float = 1e-4
+    weight_decay_bn: bool = True  # False: no decay on BN (Caffe2)
+    bf16: bool = True  # autocast on GPU; ignored on CPU
+    activation_checkpointing: bool = False
+    freeze_bn: bool = False  # every BN a fixed affine (long clips)
+    init_from: str = ""  # checkpoint URI, MLflow run id or runs:/<id> of a (32-frame) model
+    checkpoint_every: int = 1000  # steps
+    keep_checkpoints: int = 3
+    log_every: int = 20
+    val_every: int = 0  # steps; 0 = only at the end
+    val_num_clips: int = 0  # eval clips per video during training; 0 = data.eval_num_clips
+    val_num_crops: int = 0  # 0 = data.eval_num_crops
+    storage_path: str = "~/nlray_results"  # Ray Train checkpoints: local, NFS or s3://
+    max_failures: int = 3  # worker-group restarts from the latest checkpoint
+    seed: int = 0
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///mlflow.db"  # MLflow tracking URI (a server URL in production)
+    experiment: str = "nlray"
+    registered_model_name: str = ""  # register the final model under this name when set
+
+
+@dataclass
+class ClusterConfig:
+    address: str = ""  # Ray address; "" = connect to a running cluster or start a local one
+    num_cpus: int = 0  # logical CPUs of a local Ray; 0 = Ray's default
+
+
+@dataclass
+class Config:
+    name: str = ""  # run name; resubmitting the same name resumes
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+# Allowed values of the string choices: key -> allowed.
+CHOICES = {
+    "model.arch": ("c2d", "i3d", "i3d3x3x3"),
+    "model.depth": (50, 101),
+    "model.nonlocal_blocks": (0, 1, 5, 10),
+    "model.nl_instantiation": ("gaussian", "embedded_gaussian", "dot_product", "concatenation"),
+    "model.nl_mode": ("spacetime", "space", "time"),
+    "model.nl_subsample_where": ("after", "before"),
+    "model.pool_variant": ("paper", "caffe2"),
+    "data.backend": ("decord", "pyav"),
+}
+POSITIVE = ("data.frames", "data.frame_stride", "data.crop_size", "data.eval_short_side",
+            "data.eval_crop_size", "data.eval_num_clips", "data.eval_num_crops", "data.batch_size",
+            "data.decode_actors", "data.decode_batch", "model.width",
+            "model.nl_temporal_groups", "train.num_workers", "train.steps", "train.base_batch",
+            "train.checkpoint_every", "train.keep_checkpoints", "train.log_every")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_preset(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name_or_path!r}; presets: {', '.join(preset_names())} "
+                          "(or a path to a .yaml file)")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _preset_layers(name_or_path: str) -> list[dict]:
+    data = _read_preset(name_or_path)
+    base = data.pop("base", None)
+    if base is None:
+        return [data]
+    parent = _read_preset(base)
+    if "base" in parent:
+        raise ConfigError(f"preset {base!r} has a base of its own; presets extend one level only")
+    return [parent, data]
+
+
+def _merge(schema, layer, what: str):
+    try:
+        return OmegaConf.merge(schema, layer)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        msg = str(e).splitlines()[0]
+        hint = f" Allowed keys here: {_allowed_keys(key)}" if "not in" in msg else ""
+        raise ConfigError(f"{what}: {key!r}: {msg}.{hint}") from None
+
+
+def _allowed_keys(full_key: str) -> str:
+    section = full_key.split(".")[0] if full_key else ""
+    obj = Config()
+    if section and hasattr(obj, section) and dataclasses.is_dataclass(getattr(obj, section)):
+        return ", ".join(f.name for f in dataclasses.fields(getattr(obj, section)))
+    return ", ".join(f.name for f in dataclasses.fields(Config))
+
+
+def load_config(preset: str = "demo", overrides: Optional[list[str]] = None) -> Config:
+    """Defaults <- preset's base <- preset <- dotted overrides (``train.steps=10``), validated."""
+    cfg = OmegaConf.structured(Config)
+    for layer in _preset_layers(preset):
+        cfg = _merge(cfg, layer, f"preset {preset!r}")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
+    obj: Config = OmegaConf.to_object(cfg)
+    validate(obj)
+    return obj
+
+
+def get(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError for a value outside its allowed set or range."""
+    for key, allowed in CHOICES.items():
+        if get(cfg, key) not in allowed:
+            raise ConfigError(f"{key}={get(cfg, key)!r} is not allowed; choose one of {list(allowed)}")
+    for key in POSITIVE:
+        if get(cfg, key) <= 0:
+            raise ConfigError(f"{key}={get(cfg, key)!r} must be > 0")
+    lo_hi = cfg.data.train_short_side
+    if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] or lo_hi[0] < cfg.data.crop_size:
+        raise ConfigError(f"data.train_short_side={lo_hi!r} must be [lo, hi] with "
+                          f"data.crop_size ({cfg.data.crop_size}) <= lo <= hi")
+    if cfg.model.stage_depths is not None and (len(cfg.model.stage_depths) != 4
+                                               or min(cfg.model.stage_depths) < 1):
+        raise ConfigError(f"model.stage_depths={cfg.model.stage_depths!r} must be 4 depths >= 1")
+    if cfg.model.num_classes < 0:
+        raise ConfigError(f"model.num_classes={cfg.model.num_classes!r} must be >= 0 (0 = from the labels)")
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError(f"model.dropout={cfg.model.dropout!r} must be in [0, 1)")
+    if cfg.train.global_batch and cfg.train.global_batch % (cfg.train.num_workers * cfg.data.batch_size):
+        raise ConfigError(f"train.global_batch={cfg.train.global_batch} must be a multiple of "
+                          f"train.num_workers x data.batch_size = "
+                          f"{cfg.train.num_workers * cfg.data.batch_size}")
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_yaml(text: str) -> Config:
+    """The config saved in a checkpoint or MLflow artifact, validated like a preset."""
+    cfg = _merge(OmegaConf.structured(Config), yaml.safe_load(text) or {}, "saved config")
+    obj: Config = OmegaConf.to_object(cfg)
+    validate(obj)
+    return obj
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """``{"model.arch": "i3d", ...}``: MLflow params."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, obj: Any) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(key + ".", value)
+            else:
+                out[key] = value
+
+    walk("", cfg)
+    return out

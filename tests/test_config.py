@@ -1,0 +1,72 @@
+"""nlray.config: presets, overrides, validation errors that name the key and the allowed values."""
+import pytest
+
+from nlray.config import ConfigError, flatten, from_yaml, load_config, preset_names, to_yaml
+
+PAPER_PRESETS = ["c2d_r50_32f", "i3d_r50_32f", "i3d3x3x3_r50_32f", "nl_c2d_r50_32f", "nl_i3d_r50_32f",
+                 "nl_i3d_r50_128f", "nl_c2d_r50_32f_1block", "nl_c2d_r50_32f_10block", "c2d_r101_32f",
+                 "i3d_r101_32f", "nl_c2d_r101_32f", "nl_i3d_r101_32f", "nl_i3d_r101_128f", "demo", "demo_128f"]
+
+
+def test_every_paper_preset_exists_and_loads():
+    assert set(PAPER_PRESETS) <= set(preset_names())
+    for name in preset_names():
+        load_config(name)
+
+
+def test_presets_follow_the_paper_recipe():
+    short, long = load_config("nl_i3d_r50_32f"), load_config("nl_i3d_r50_128f")
+    assert (short.data.frames, short.data.frame_stride) == (32, 2)
+    assert (long.data.frames, long.data.frame_stride) == (128, 1)  # consecutive frames
+    assert long.train.freeze_bn and not short.train.freeze_bn  # BN frozen only for long clips
+    assert long.train.base_lr == 0.0025 and long.train.base_batch == 16
+    assert short.train.base_lr == 0.01 and short.train.base_batch == 64
+    assert short.train.lr_milestones == [150_000, 300_000] and short.train.steps == 400_000
+    assert (short.model.arch, short.model.nonlocal_blocks) == ("i3d", 5)
+    assert load_config("nl_c2d_r50_32f_10block").model.nonlocal_blocks == 10
+    assert load_config("c2d_r101_32f").model.depth == 101
+
+
+def test_dotted_overrides_apply_in_order():
+    cfg = load_config("nl_i3d_r50_32f", ["train.steps=10", "model.nl_mode=space", "data.train_short_side=[224,256]"])
+    assert cfg.train.steps == 10 and cfg.model.nl_mode == "space"
+    assert cfg.data.train_short_side == [224, 256]
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.archx=c2d", ["model.archx", "arch"]),  # unknown key: named, allowed keys listed
+    ("model.arch=c3d", ["model.arch", "c3d", "c2d", "i3d3x3x3"]),  # bad choice: value and choices named
+    ("model.nl_instantiation=cosine", ["cosine", "embedded_gaussian", "concatenation"]),
+    ("train.steps=many", ["train.steps", "many"]),
+    ("data.frames=0", ["data.frames", "> 0"]),
+    ("data.train_short_side=[32,48]", ["train_short_side", "crop_size"]),
+    ("nonsense=1", ["nonsense", "model", "train"]),
+    ("train.steps", ["section.key=value"]),
+])
+def test_bad_overrides_name_the_key_and_allowed_values(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", [override])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ConfigError, match="nl_i3d_r50_128f"):
+        load_config("nl_i3d_r50_64f")
+
+
+def test_yaml_round_trip_and_flatten():
+    cfg = load_config("nl_i3d_r50_128f", ["name=x"])
+    assert from_yaml(to_yaml(cfg)) == cfg
+    flat = flatten(cfg)
+    assert flat["model.arch"] == "i3d" and flat["data.frames"] == 128 and flat["name"] == "x"
+
+
+def test_preset_from_a_path_with_one_base(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: nl_i3d_r50_32f\nmodel: {nl_instantiation: dot_product}\n")
+    cfg = load_config(str(path))
+    assert cfg.model.nl_instantiation == "dot_product" and cfg.model.nonlocal_blocks == 5
+    path.write_text("base: nl_c2d_r50_32f_1block\n")  # a base with a base: refused, one level only
+    with pytest.raises(ConfigError, match="one level"):
+        load_config(str(path))
