@@ -92,8 +92,7 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps
     keep_checkpoints: int = 3
     log_every: int = 20
-    val_every: int = 0  # steps; 0 = only at the end
-    val_num_clips: int = 0  # eval clips per video during training; 0 = data.eval_num_clips
+    val_num_clips: int = 0  # clips per video of the validation after training; 0 = data.eval_num_clips
     val_num_crops: int = 0  # 0 = data.eval_num_crops
     storage_path: str = "~/nlray_results"  # Ray Train checkpoints: local, NFS or s3://
     max_failures: int = 3  # worker-group restarts from the latest checkpoint
@@ -192,7 +191,16 @@ def load_config(preset: str = "demo", overrides: Optional[list[str]] = None) -> 
     cfg = OmegaConf.structured(Config)
     for layer in _preset_layers(preset):
         cfg = _merge(cfg, layer, f"preset {preset!r}")
-    for item in overrides or []:
+    return _overridden(cfg, overrides or [])
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """A new validated Config: ``cfg`` with dotted ``section.key=value`` overrides."""
+    return _overridden(OmegaConf.structured(cfg), overrides)
+
+
+def _overridden(cfg, overrides: list[str]) -> Config:
+    for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
         cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")

@@ -1,0 +1,111 @@
+"""Checkpoints: what a training state is on disk, and where initial weights come from.
+
+A checkpoint is a directory (Ray Train persists it to RunConfig.storage_path):
+    model.pt       state dict of the bare model (no DDP prefix), loaded with weights_only=True
+    optimizer.pt   SGD state
+    meta.json      step, epoch, schedule, label map, MLflow run id
+    config.yaml    the resolved config
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from nlray.config import Config, to_yaml
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def save(dirpath: str | Path, *, model_state: dict, optimizer_state: Optional[dict], meta: dict,
+         cfg: Config) -> Path:
+    d = Path(dirpath)
+    d.mkdir(parents=True, exist_ok=True)
+    torch.save(model_state, d / "model.pt")
+    if optimizer_state is not None:
+        torch.save(optimizer_state, d / "optimizer.pt")
+    (d / "meta.json").write_text(json.dumps(meta, indent=1))
+    (d / "config.yaml").write_text(to_yaml(cfg))
+    return d
+
+
+def load(dirpath: str | Path) -> dict[str, Any]:
+    """{'model': state dict, 'optimizer': state or None, 'meta': dict} from a checkpoint directory."""
+    d = Path(dirpath)
+    if not (d / "model.pt").is_file():
+        raise FileNotFoundError(f"{d} is not an nlray checkpoint: no model.pt in it")
+    opt = d / "optimizer.pt"
+    return {"model": torch.load(d / "model.pt", map_location="cpu", weights_only=True),
+            "optimizer": torch.load(opt, map_location="cpu", weights_only=True) if opt.is_file() else None,
+            "meta": json.loads((d / "meta.json").read_text()) if (d / "meta.json").is_file() else {}}
+
+
+def _load_bytes(data: bytes, what: str) -> dict:
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle that is not plain tensors, or not a torch file at all
+        raise ValueError(f"{what} is not a weights-only torch state dict: {e}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{what} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def is_run_ref(ref: str) -> bool:
+    return bool(RUN_ID.match(ref)) or ref.startswith("runs:/")
+
+
+def fetch_weights(init_from: str, *, tracking_uri: str, endpoint_url: str = "") -> dict:
+    """Model state dict from an MLflow run id, ``runs:/<id>[/path]``, or a checkpoint dir / .pt URI."""
+    if is_run_ref(init_from):
+        return _from_mlflow(init_from, tracking_uri)
+    from nlray.data.storage import join, read_bytes
+
+    uri = init_from if init_from.endswith(".pt") else join(init_from, "model.pt")
+    return _load_bytes(read_bytes(uri, endpoint_url=endpoint_url), uri)
+
+
+def fetch_trained(ref: str, *, tracking_uri: str, endpoint_url: str = "") -> tuple[Config, dict, dict]:
+    """(config, model state, meta) of a finished run (MLflow id / runs:/) or a checkpoint directory URI."""
+    from nlray.config import from_yaml
+
+    if is_run_ref(ref):
+        import mlflow
+
+        run_id = ref.removeprefix("runs:/").split("/")[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                d = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint", dst_path=tmp,
+                                                        tracking_uri=tracking_uri)
+            except Exception as e:
+                raise ValueError(f"{ref!r}: MLflow run {run_id} at {tracking_uri} has no final checkpoint "
+                                 f"artifact (did it finish?): {e}") from None
+            state = load(d)
+            cfg = from_yaml((Path(d) / "config.yaml").read_text())
+        return cfg, state["model"], state["meta"]
+    from nlray.data.storage import join, read_bytes
+
+    read = lambda name: read_bytes(join(ref, name), endpoint_url=endpoint_url)  # noqa: E731
+    meta = json.loads(read("meta.json"))
+    return from_yaml(read("config.yaml").decode()), _load_bytes(read("model.pt"), join(ref, "model.pt")), meta
+
+
+def _from_mlflow(ref: str, tracking_uri: str) -> dict:
+    import mlflow
+
+    run_id, _, path = ref.removeprefix("runs:/").partition("/")
+    path = path or "checkpoint"
+    if not path.endswith(".pt"):
+        path = path.rstrip("/") + "/model.pt"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp,
+                                                        tracking_uri=tracking_uri)
+        except Exception as e:
+            raise ValueError(f"--init-from {ref!r}: no artifact {path!r} in MLflow run {run_id} at "
+                             f"{tracking_uri}: {e}") from None
+        return _load_bytes(Path(local).read_bytes(), f"runs:/{run_id}/{path}")

@@ -1,0 +1,45 @@
+"""The command line every job shares: --config PRESET_OR_YAML, --data, --name, --init-from, dotted overrides."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+from nlray.config import Config, ConfigError, load_config, preset_names, validate
+
+
+def parser(description: str, default_preset: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="presets: " + ", ".join(preset_names()))
+    p.add_argument("--config", default=default_preset, help=f"preset name or YAML path (default {default_preset})")
+    p.add_argument("--data", default=None, help="dataset root in the official Kinetics layout, or a manifest "
+                   ".parquet; local path, file:// or s3:// (default: the synthetic demo set)")
+    p.add_argument("--name", default=None, help="run name (default: the preset's name); submitting the same name again resumes it")
+    p.add_argument("--init-from", default=None, help="MLflow run id, runs:/<id>[/path], or a checkpoint "
+                   "directory / model.pt (local or s3://) to initialise from")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.steps=1000")
+    return p
+
+
+def to_config(args: argparse.Namespace) -> Config:
+    """Preset <- dotted overrides <- the named flags (set verbatim: a run id must not be parsed as a number)."""
+    cfg = load_config(args.config, list(args.overrides))
+    if args.data is not None:
+        cfg.data.root = args.data
+    cfg.name = args.name or cfg.name or Path(args.config).stem  # default: the preset's name
+    if getattr(args, "init_from", None):
+        cfg.train.init_from = args.init_from
+    validate(cfg)
+    return cfg
+
+
+def parse(description: str, default_preset: str, argv: Optional[Sequence[str]] = None) -> Config:
+    """Parse and validate; a bad key or value exits with the message before any Ray resource is asked for."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    p = parser(description, default_preset)
+    args = p.parse_args(argv)
+    try:
+        return to_config(args)
+    except ConfigError as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")

@@ -1,0 +1,144 @@
+"""Multi-view evaluation as a Ray Data batch-inference job: decode views on CPU actors, score them on model
+actors (GPU or CPU), average softmax per video on the driver.
+
+PAPER.md: 10 clips evenly over the video x 3 spatial crops, shorter side 256; softmax averaged over the views.
+Clip-level numbers score each view alone; video-level numbers score the average. Always say which.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import ray
+import torch
+
+from nlray.config import Config, from_yaml, to_yaml
+
+
+class ViewScorer:
+    """map_batches actor: uint8 views -> softmax scores, with the model loaded once per actor."""
+
+    def __init__(self, cfg_yaml: str, state_ref: list, use_gpu: bool):
+        from nlray.models import build_model
+
+        cfg = from_yaml(cfg_yaml)
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.model = build_model(dataclasses.replace(cfg.model, pretrained="none"))
+        self.model.load_state_dict(ray.get(state_ref[0]))  # the ref is wrapped so Ray does not inline it
+        self.model.to(self.device).eval()
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from nlray.data.transforms import normalize_on_device
+
+        video = torch.as_tensor(batch["video"]).to(self.device)  # (B, T, H, W, C) uint8
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            logits = self.model(normalize_on_device(video, dtype=torch.float32))  # (B, K)
+        probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return {"video_idx": batch["video_idx"], "label": batch["label"], "probs": probs}
+
+
+class VideoScores:
+    """Accumulates view scores into per-video averages; clip-level and video-level top-k."""
+
+    def __init__(self, num_classes: int):
+        self.k = num_classes
+        self.sums: dict[int, np.ndarray] = {}
+        self.labels: dict[int, int] = {}
+        self.views: dict[int, int] = {}
+        self.clip_hits = np.zeros(2)  # top-1, top-5 hits over views
+        self.clip_count = 0
+
+    def add(self, video_idx: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> None:
+        top5 = np.argsort(-probs, axis=1)[:, :5]  # (B, 5)
+        self.clip_hits += [(top5[:, 0] == labels).sum(), (top5 == labels[:, None]).any(1).sum()]
+        self.clip_count += len(labels)
+        for v, y, p in zip(video_idx.tolist(), labels.tolist(), probs):
+            self.sums[v] = self.sums.get(v, 0) + p
+            self.labels[v] = y
+            self.views[v] = self.views.get(v, 0) + 1
+
+    def metrics(self) -> dict[str, float]:
+        vids = sorted(self.sums)
+        if not vids:
+            raise RuntimeError("evaluation scored no video: every video of the split was bad or missing")
+        scores = np.stack([self.sums[v] / self.views[v] for v in vids])  # (V, K) mean softmax
+        y = np.array([self.labels[v] for v in vids])
+        top5 = np.argsort(-scores, axis=1)[:, :5]
+        return {"clip_top1": self.clip_hits[0] / self.clip_count, "clip_top5": self.clip_hits[1] / self.clip_count,
+                "video_top1": float((top5[:, 0] == y).mean()),
+                "video_top5": float((top5 == y[:, None]).any(1).mean()),
+                "videos": float(len(vids)), "views": float(self.clip_count)}
+
+    def confusion(self) -> np.ndarray:
+        conf = np.zeros((self.k, self.k), dtype=np.int64)  # rows: true class, columns: predicted
+        for v, s in self.sums.items():
+            conf[self.labels[v], int(np.argmax(s))] += 1
+        return conf
+
+
+def evaluate(cfg: Config, df: pd.DataFrame, model_state: dict, *, num_clips: Optional[int] = None,
+             num_crops: Optional[int] = None, actors: int = 1, use_gpu: bool = False) -> VideoScores:
+    """Score every view of the validation split; returns the accumulated VideoScores."""
+    from nlray.data.pipeline import build_eval_dataset
+
+    views = build_eval_dataset(df, cfg.data, split=cfg.data.val_split, num_clips=num_clips,
+                               num_crops=num_crops, run_name=cfg.name + "-eval")
+    state_ref = [ray.put(model_state)]
+    scored = views.map_batches(ViewScorer, fn_constructor_kwargs={
+        "cfg_yaml": to_yaml(cfg), "state_ref": state_ref, "use_gpu": use_gpu},
+        batch_size=max(1, cfg.data.batch_size), concurrency=actors, num_gpus=1 if use_gpu else 0,
+        num_cpus=0 if use_gpu else 1)
+    scores = VideoScores(cfg.model.num_classes)
+    for batch in scored.iter_batches(batch_size=256, batch_format="numpy"):
+        scores.add(batch["video_idx"], batch["label"], batch["probs"])
+    return scores
+
+
+def run_evaluation(*, ref: str, data: Optional[str] = None, split: Optional[str] = None,
+                   clips: Optional[int] = None, crops: Optional[int] = None, actors: int = 1,
+                   use_gpu: bool = False, tracking_uri: Optional[str] = None,
+                   overrides: Sequence[str] = ()) -> dict[str, float]:
+    """jobs/evaluate.py: score a finished run / checkpoint and log clip- and video-level top-k to MLflow."""
+    import os
+    from pathlib import Path
+
+    from nlray import tracking
+    from nlray.config import TrackingConfig
+    from nlray.data import resolve_dataset
+    from nlray.train import checkpoint
+    from nlray.train.trainer import connect_ray
+
+    uri = tracking.resolve_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or TrackingConfig.uri)
+    cfg, state, meta = checkpoint.fetch_trained(ref, tracking_uri=uri)
+    cfg = _with_overrides(cfg, overrides, data=data, split=split, tracking_uri=uri)
+    connect_ray(cfg)
+    df, labels = resolve_dataset(cfg.data)
+    if meta.get("labels") and meta["labels"] != labels:
+        raise ValueError(f"the model was trained on {len(meta['labels'])} classes that differ from the "
+                         f"{len(labels)} of {cfg.data.root or 'the demo set'}; evaluate on the same label map")
+    scores = evaluate(cfg, df, state, num_clips=clips, num_crops=crops, actors=actors, use_gpu=use_gpu)
+    metrics = {f"eval/{k}": v for k, v in scores.metrics().items()}
+    run_id = meta.get("mlflow_run_id") if checkpoint.is_run_ref(ref) else None
+    if run_id is None:
+        eval_cfg = dataclasses.replace(cfg, name=f"eval-{cfg.name}")
+        run_id, _ = tracking.start_or_resume_run(eval_cfg, labels, {"evaluated": ref})
+    tracking.log_metrics(run_id, uri, metrics, int(meta.get("step", 0)))
+    with tracking.tmpdir() as tmp:
+        png = tracking.confusion_png(scores.confusion(), labels, Path(tmp) / "eval_per_class_accuracy.png")
+        tracking.log_png(run_id, uri, png)
+    return {**metrics, "run_id": run_id}
+
+
+def _with_overrides(cfg: Config, overrides: Sequence[str], *, data, split, tracking_uri: str) -> Config:
+    from nlray.config import apply_overrides
+
+    cfg = apply_overrides(cfg, list(overrides))
+    if data:
+        cfg.data.root = data
+    if split:
+        cfg.data.val_split = split
+    cfg.tracking.uri = tracking_uri
+    return cfg

@@ -1,0 +1,47 @@
+"""SGD, the step schedule and linear lr scaling of PAPER.md's recipe."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nlray.config import TrainConfig
+
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def accumulation_steps(tcfg: TrainConfig, per_worker_batch: int) -> int:
+    """Micro-batches per optimizer step so that a step sees ``global_batch`` clips."""
+    per_step = tcfg.num_workers * per_worker_batch
+    return max(1, tcfg.global_batch // per_step) if tcfg.global_batch else 1
+
+
+def global_batch(tcfg: TrainConfig, per_worker_batch: int) -> int:
+    return tcfg.num_workers * per_worker_batch * accumulation_steps(tcfg, per_worker_batch)
+
+
+def peak_lr(tcfg: TrainConfig, batch: int) -> float:
+    """Linear scaling (Goyal et al.): base_lr is right for base_batch clips a step."""
+    return tcfg.base_lr * batch / tcfg.base_batch
+
+
+def lr_at(step: int, *, peak: float, milestones: list[int], gamma: float, warmup_steps: int) -> float:
+    """Step schedule: peak x gamma^(milestones passed), after a linear warm-up from 0."""
+    lr = peak * gamma ** sum(step >= m for m in milestones)
+    if step < warmup_steps:
+        lr *= (step + 1) / warmup_steps
+    return lr
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_bn: bool) -> list[dict]:
+    """Two groups so BN parameters can skip weight decay (Caffe2's recipe)."""
+    bn_ids = {id(p) for m in model.modules() if isinstance(m, BN_TYPES) for p in m.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    bn = [p for p in params if id(p) in bn_ids]
+    rest = [p for p in params if id(p) not in bn_ids]
+    return [{"params": rest, "weight_decay": weight_decay},
+            {"params": bn, "weight_decay": weight_decay if decay_bn else 0.0}]
+
+
+def build_optimizer(model: nn.Module, tcfg: TrainConfig, lr: float) -> torch.optim.SGD:
+    groups = param_groups(model, tcfg.weight_decay, tcfg.weight_decay_bn)
+    return torch.optim.SGD(groups, lr=lr, momentum=tcfg.momentum, nesterov=tcfg.nesterov)

@@ -1,0 +1,89 @@
+"""Test videos whose frames say which frame they are (and which label), written with PyAV/libx264.
+
+Every frame is one flat colour: red and green carry the frame index (``index % 256`` in two base-16
+digits), blue carries the label (``label % 16``). Each digit d is stored as the level ``8 + 16 d``, so
+a decoded value read back within +-7 (H.264 rounding, YUV<->RGB, resizing) gives the digit exactly,
+and a flat frame survives any resize, crop or flip. A small white square in the top-left quarter
+(``marker=True``) makes flips and crops visible; reading uses the median so the marker is ignored.
+
+    write_video(path, num_frames=60, width=64, height=48, gop=25, label=3)
+    read_codes(frames_uint8_THWC)  # -> (indices % 256, labels) as int arrays, read independently
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import av
+import numpy as np
+
+STEP = 16  # colour levels are 8, 24, ..., 248: 16 digits per channel
+
+
+def frame_colour(index: int, label: int) -> tuple[int, int, int]:
+    """The flat RGB colour of frame ``index`` of a video of class ``label``."""
+    lo, hi = index % STEP, (index // STEP) % STEP
+    return 8 + STEP * lo, 8 + STEP * hi, 8 + STEP * (label % STEP)
+
+
+def make_frame(index: int, *, width: int, height: int, label: int = 0,
+               marker: bool = True) -> np.ndarray:
+    """One RGB uint8 frame [H, W, 3]."""
+    img = np.empty((height, width, 3), np.uint8)
+    img[:] = frame_colour(index, label)
+    if marker:  # a white square well inside the top-left quarter
+        s = max(2, min(width, height) // 8)
+        img[s:2 * s, s:2 * s] = 255
+    return img
+
+
+def write_video(path: Union[str, Path], *, num_frames: int, width: int = 64, height: int = 48,
+                fps: int = 30, gop: int = 25, label: int = 0, bframes: int = 2,
+                marker: bool = True, crf: int = 12) -> Path:
+    """Write an H.264 .mp4 (yuv420p) of ``num_frames`` coded frames; keyframe every ``gop`` frames."""
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast",
+                          "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"}
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(make_frame(i, width=width, height=height,
+                                                          label=label, marker=marker), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def video_bytes(tmp_dir: Union[str, Path], name: str = "v.mp4", **kwargs) -> bytes:
+    """``write_video`` into ``tmp_dir/name`` and return the file's bytes."""
+    return write_video(Path(tmp_dir) / name, **kwargs).read_bytes()
+
+
+def _digits(values: np.ndarray) -> np.ndarray:
+    digits = np.rint((values.astype(np.float64) - 8) / STEP).astype(np.int64)
+    err = np.abs(values - (8 + STEP * digits))
+    if (err > 7).any() or (digits < 0).any() or (digits >= STEP).any():
+        raise AssertionError(f"colour levels {values[err > 7][:5]} are not within 7 of a code level")
+    return digits
+
+
+def read_codes(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Frame index (mod 256) and label (mod 16) of each frame of uint8 [..., H, W, 3]."""
+    frames = np.asarray(frames)
+    lead = frames.shape[:-3]
+    flat = frames.reshape(-1, frames.shape[-3] * frames.shape[-2], 3)
+    median = np.median(flat, axis=1)  # (N, 3): the flat colour; the small marker is outvoted
+    d = _digits(median)
+    index = (d[:, 0] + STEP * d[:, 1]).reshape(lead)
+    label = d[:, 2].reshape(lead)
+    return index, label
+
+
+def decode_all(path_or_bytes: Union[str, Path, bytes]) -> np.ndarray:
+    """Every frame, in presentation order, by a plain PyAV decode: the independent reference."""
+    import io
+
+    src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
+    with av.open(src) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
