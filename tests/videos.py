@@ -39,10 +39,14 @@ def make_frame(index: int, *, width: int, height: int, label: int = 0,
 
 def write_video(path: Union[str, Path], *, num_frames: int, width: int = 64, height: int = 48,
                 fps: int = 30, gop: int = 25, label: int = 0, bframes: int = 2,
-                marker: bool = True, crf: int = 12) -> Path:
-    """Write an H.264 .mp4 (yuv420p) of ``num_frames`` coded frames; keyframe every ``gop`` frames."""
+                marker: bool = True, crf: int = 12, faststart: bool = False) -> Path:
+    """Write H.264 (yuv420p) of ``num_frames`` coded frames; keyframe every ``gop`` frames.
+
+    The container follows the suffix (.mp4, .mkv, ...); ``faststart`` puts the MP4 index first.
+    """
     path = Path(path)
-    with av.open(str(path), "w") as out:
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"crf": str(crf), "preset": "veryfast",

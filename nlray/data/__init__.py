@@ -17,7 +17,8 @@ from typing import Any
 _EXPORTS = {
     "storage": ("StorageError", "MissingObjectError", "read_bytes", "write_bytes", "exists",
                 "list_files", "join", "check_access", "pyarrow_filesystem", "upload_tree",
-                "delete", "resolve_endpoint", "is_s3", "relative_to", "VIDEO_SUFFIXES"),
+                "delete", "resolve_endpoint", "is_s3", "local_path", "relative_to",
+                "VIDEO_SUFFIXES"),
     "manifest": ("build_manifest", "write_manifest", "read_manifest", "resolve_dataset",
                  "read_list_file", "MANIFEST_COLUMNS", "ManifestError"),
     "probe": ("probe_manifest", "probe_video", "ProbeFn", "PROBE_STATUSES"),

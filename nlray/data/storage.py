@@ -96,6 +96,14 @@ def is_s3(uri: str) -> bool:
     return _parse(uri)[0] == "s3"
 
 
+def local_path(uri: str) -> str:
+    """The absolute path of a plain or file:// URI; ValueError for s3://."""
+    scheme, _, path = _parse(uri)
+    if scheme != "file":
+        raise ValueError(f"{uri!r} is not a local path")
+    return path
+
+
 def join(uri: str, *parts: str) -> str:
     """``join("s3://b/root", "train", "x.mp4") -> "s3://b/root/train/x.mp4"``; keeps the URI's form."""
     _parse(uri)  # validates

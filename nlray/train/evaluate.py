@@ -85,7 +85,7 @@ def evaluate(cfg: Config, df: pd.DataFrame, model_state: dict, *, num_clips: Opt
     from nlray.data.pipeline import build_eval_dataset
 
     views = build_eval_dataset(df, cfg.data, split=cfg.data.val_split, num_clips=num_clips,
-                               num_crops=num_crops, run_name=cfg.name + "-eval")
+                               num_crops=num_crops, log_name=f"nlray_bad_videos_{cfg.name}_eval")
     state_ref = [ray.put(model_state)]
     scored = views.map_batches(ViewScorer, fn_constructor_kwargs={
         "cfg_yaml": to_yaml(cfg), "state_ref": state_ref, "use_gpu": use_gpu},

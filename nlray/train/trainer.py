@@ -20,7 +20,7 @@ from nlray import tracking
 from nlray.config import Config, ConfigError, to_yaml
 from nlray.train import checkpoint
 from nlray.train.evaluate import evaluate
-from nlray.train.loop import train_func
+from nlray.train.loop import bad_log_name, train_func
 
 log = logging.getLogger("nlray")
 
@@ -117,7 +117,7 @@ def fit(cfg: Config) -> dict:
         init = initial_weights(cfg)
         init_ref = ray.put(init) if init is not None else None
         train_ds = build_train_dataset(df, cfg.data, split=cfg.data.train_split, seed=cfg.train.seed,
-                                       run_name=cfg.name)
+                                       log_name=bad_log_name(cfg))
         result = make_trainer(cfg, labels, run_id, init_ref, train_ds).fit()
         out = finish(cfg, df, labels, run_id, result)
     except BaseException:
@@ -135,6 +135,7 @@ def finish(cfg: Config, df, labels: list[str], run_id: str, result) -> dict:
         tracking.log_dir(run_id, uri, d, "checkpoint")  # final weights + config + meta
     step = int(state["meta"]["step"])
     tracking.set_tags(run_id, uri, {"nlray.checkpoints": result.path, "nlray.final_step": str(step)})
+    log_bad_videos(cfg, run_id)
     from nlray.models import build_model
 
     model = build_model(dataclasses.replace(cfg.model, pretrained="none"))
@@ -146,6 +147,15 @@ def finish(cfg: Config, df, labels: list[str], run_id: str, result) -> dict:
                                           Path(tmp) / "learning_curve.png")
         tracking.log_png(run_id, uri, png)
     return {"run_id": run_id, "step": step, "checkpoint": result.path, **metrics}
+
+
+def log_bad_videos(cfg: Config, run_id: str) -> None:
+    """The bad videos met in training, by reason, as an artifact (their counts are metrics already)."""
+    from nlray.data.pipeline import bad_video_list
+
+    rows = bad_video_list(bad_log_name(cfg))
+    text = "uri\treason\tdetail\n" + "".join(f"{u}\t{r}\t{d}\n" for u, r, d in rows)
+    tracking.log_text(run_id, cfg.tracking.uri, text, "bad_videos.tsv")
 
 
 def validate(cfg: Config, df, labels: list[str], run_id: str, model_state: dict, step: int) -> dict:

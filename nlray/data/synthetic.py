@@ -1,0 +1,337 @@
+"""A synthetic Kinetics-like dataset: real H.264 .mp4 files in the official Kinetics layout.
+
+    root/annotations/train.csv      label,youtube_id,time_start,time_end,split
+    root/annotations/validate.csv
+    root/train/<label>/<youtube_id>_<start:06d>_<end:06d>.mp4
+    root/val/<label>/<youtube_id>_<start:06d>_<end:06d>.mp4
+
+Classes differ only by motion over time: a textured blob moving left / right / up / down,
+rotating clockwise / counter-clockwise, growing / shrinking or flickering slowly / fast. Colours,
+background textures, sizes and the path's centre are random, and every path is symmetric about its
+middle, so the distribution of a single frame is the same for the two classes of a pair: a network
+that averages frames over time (C2D) cannot tell them apart from appearance, a temporal one can.
+Frame sizes, aspect ratios, frame rates and durations vary per video like Kinetics (scaled down).
+
+    python jobs/make_synthetic.py --out s3://bucket/synthetic --classes 6 --per-class 24
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import string
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from nlray.data import storage
+
+# Motion classes; pairs (left/right, ...) are mirror images in time of each other.
+CLASSES = ("moving_left", "moving_right", "moving_up", "moving_down", "growing", "shrinking",
+           "rotating_clockwise", "rotating_counterclockwise", "flickering_slow", "flickering_fast")
+SPLIT_DIRS = {"train": "train", "validate": "val"}  # CSV split name -> folder
+GENERATOR_VERSION = 1  # bump when the rendering changes: the demo cache is keyed by it
+MARKER = "_COMPLETE.json"
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """What to generate; every video is a pure function of (spec, split, index)."""
+
+    classes: tuple[str, ...] = CLASSES[:6]  # class names, each one of CLASSES
+    per_class: int = 24  # train videos per class
+    val_per_class: int = 8  # validation videos per class
+    width_range: tuple[int, int] = (96, 160)  # frame width, uniform (even)
+    aspects: tuple[float, ...] = (4 / 3, 16 / 9, 3 / 2, 1.0)  # width / height, Kinetics-like mix
+    fps_choices: tuple[int, ...] = (24, 25, 30)
+    duration_range: tuple[float, float] = (2.7, 4.0)  # seconds: >= 64 frames at 24 fps
+    gop: int = 250  # keyframe interval of the encoder (x264's default, like raw Kinetics)
+    crf: int = 23
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [c for c in self.classes if c not in CLASSES]
+        if bad or not self.classes or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes={self.classes!r}: need distinct names from {list(CLASSES)}")
+        if self.per_class < 1 or self.val_per_class < 0:
+            raise ValueError(f"per_class={self.per_class}, val_per_class={self.val_per_class}: "
+                             "need per_class >= 1 and val_per_class >= 0")
+        lo, hi = self.width_range
+        if not 32 <= lo <= hi:
+            raise ValueError(f"width_range={self.width_range!r}: need 32 <= lo <= hi")
+        if not 0.5 <= self.duration_range[0] <= self.duration_range[1]:
+            raise ValueError(f"duration_range={self.duration_range!r}: need 0.5 <= lo <= hi seconds")
+        if not self.fps_choices or min(self.fps_choices) < 1 or self.gop < 1:
+            raise ValueError(f"fps_choices={self.fps_choices!r}, gop={self.gop}: need positive values")
+
+    def key(self) -> str:
+        """A short hash naming this spec (and the generator version) in caches."""
+        blob = json.dumps([GENERATOR_VERSION, dataclasses.asdict(self)], sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+# The embedded default's dataset: 6 classes x (24 train + 8 val), ~128x96 frames, ~3 s each.
+DEMO_SPEC = SyntheticSpec()
+# For tests: 4 classes (both translation pairs) x (2 train + 1 val), small and short.
+TINY_SPEC = SyntheticSpec(classes=CLASSES[:4], per_class=2, val_per_class=1, width_range=(64, 96),
+                          duration_range=(2.7, 3.0), fps_choices=(24, 25, 30))
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """Everything needed to render and name one video."""
+
+    split: str  # "train" | "validate"
+    label: str
+    youtube_id: str
+    time_start: int
+    time_end: int
+    width: int
+    height: int
+    fps: int
+    num_frames: int
+    seed: int
+
+    @property
+    def relpath(self) -> str:
+        return (f"{SPLIT_DIRS[self.split]}/{self.label}/"
+                f"{self.youtube_id}_{self.time_start:06d}_{self.time_end:06d}.mp4")
+
+
+_ID_CHARS = string.ascii_letters + string.digits + "-_"  # YouTube's id alphabet
+
+
+def plan_videos(spec: SyntheticSpec) -> list[VideoPlan]:
+    """Deterministic per-video parameters for the whole dataset (balanced classes)."""
+    rng = np.random.default_rng(spec.seed)
+    plans = []
+    for split, count in (("train", spec.per_class), ("validate", spec.val_per_class)):
+        for i in range(count):
+            for label in spec.classes:
+                width = int(rng.integers(spec.width_range[0] // 2, spec.width_range[1] // 2 + 1)) * 2
+                aspect = float(rng.choice(spec.aspects))
+                height = max(32, int(round(width / aspect / 2)) * 2)  # H.264 4:2:0 needs even dims
+                fps = int(rng.choice(spec.fps_choices))
+                duration = float(rng.uniform(*spec.duration_range))
+                start = int(rng.integers(0, 600))
+                plans.append(VideoPlan(
+                    split=split, label=label,
+                    youtube_id="".join(rng.choice(list(_ID_CHARS), size=11)),
+                    time_start=start, time_end=start + 10, width=width, height=height, fps=fps,
+                    num_frames=max(2, int(round(duration * fps))),
+                    seed=int(rng.integers(0, 2**31 - 1))))
+    return plans
+
+
+# ------------------------------------------------------------------------------------ rendering
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A static textured background: smooth colour blobs plus fine grain, float32 [H, W, 3]."""
+    gh, gw = int(rng.integers(3, 7)), int(rng.integers(3, 7))
+    coarse = rng.uniform(0.1, 0.9, size=(gh, gw, 3)).astype(np.float32)
+    ys = np.linspace(0, gh - 1, height, dtype=np.float32)
+    xs = np.linspace(0, gw - 1, width, dtype=np.float32)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, gh - 1), np.minimum(x0 + 1, gw - 1)
+    wy, wx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    # Bilinear upsampling of the coarse grid: smooth, Kinetics-like colour regions.
+    smooth = ((1 - wy) * ((1 - wx) * coarse[y0][:, x0] + wx * coarse[y0][:, x1])
+              + wy * ((1 - wx) * coarse[y1][:, x0] + wx * coarse[y1][:, x1]))
+    grain = rng.normal(0.0, 0.04, size=(height, width, 1)).astype(np.float32)
+    return np.clip(smooth + grain, 0.0, 1.0)
+
+
+def _trajectory(plan: VideoPlan, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per-frame centre (x, y), radius, angle and brightness of the blob for the plan's class.
+
+    Every path is symmetric about its middle (s runs from -1 to 1), so the two classes of a pair
+    visit the same positions / sizes / angles with the same frequency: only the order differs.
+    """
+    h, w, n = plan.height, plan.width, plan.num_frames
+    s = np.linspace(-1.0, 1.0, n, dtype=np.float32)
+    r = float(rng.uniform(0.10, 0.14)) * min(h, w)
+    x = np.full(n, rng.uniform(r, w - r), np.float32)
+    y = np.full(n, rng.uniform(r, h - r), np.float32)
+    radius = np.full(n, r, np.float32)
+    angle = np.full(n, rng.uniform(0, 2 * np.pi), np.float32)
+    bright = np.ones(n, np.float32)
+    kind, _, how = plan.label.partition("_")
+    if kind == "moving":
+        sign = -1.0 if how in ("left", "up") else 1.0
+        dim = w if how in ("left", "right") else h
+        travel = float(rng.uniform(0.75, 1.0)) * (dim - 2 * r - 2)
+        centre = rng.uniform(r + 1 + travel / 2, dim - r - 1 - travel / 2)
+        (x if how in ("left", "right") else y)[:] = centre + sign * travel / 2 * s
+    elif plan.label in ("growing", "shrinking"):
+        ratio = float(rng.uniform(2.2, 3.0))  # end radius / start radius
+        sign = 1.0 if plan.label == "growing" else -1.0
+        r_mid = min(h, w) * 0.42 / np.sqrt(ratio)  # the largest radius still fits the frame
+        radius = (r_mid * np.exp(sign * np.log(ratio) / 2 * s)).astype(np.float32)
+        x[:], y[:] = rng.uniform(0.45, 0.55) * w, rng.uniform(0.45, 0.55) * h
+    elif kind == "rotating":
+        turns = float(rng.uniform(0.6, 1.2))  # over the whole video: < 90 degrees between frames
+        sign = -1.0 if how == "clockwise" else 1.0  # image y points down: +angle is clockwise
+        angle = angle - sign * np.pi * turns * s
+        radius[:] = 0.3 * min(h, w)
+        x[:], y[:] = rng.uniform(0.4, 0.6) * w, rng.uniform(0.4, 0.6) * h
+    elif kind == "flickering":
+        hz = rng.uniform(0.5, 1.0) if how == "slow" else rng.uniform(3.0, 4.5)
+        t = np.arange(n, dtype=np.float32) / plan.fps
+        bright = 0.55 + 0.45 * np.cos(2 * np.pi * hz * t + rng.uniform(0, 2 * np.pi))
+    else:
+        raise AssertionError(f"SyntheticSpec validated the class names; got {plan.label!r}")
+    return {"x": x, "y": y, "radius": radius, "angle": angle.astype(np.float32),
+            "bright": bright.astype(np.float32)}
+
+
+def render_video(plan: VideoPlan) -> np.ndarray:
+    """The plan's frames, uint8 [T, H, W, 3] RGB."""
+    rng = np.random.default_rng(plan.seed)
+    h, w = plan.height, plan.width
+    background = _background(rng, h, w)
+    colours = rng.uniform(0.0, 1.0, size=(2, 3)).astype(np.float32)
+    colours[1] = 1.0 - colours[0]  # the two stripe colours contrast with each other
+    aspect = float(rng.uniform(0.6, 0.85))  # an ellipse: its orientation shows rotation
+    stripes = float(rng.uniform(2.0, 3.5))  # stripes across the blob's long axis
+    path = _trajectory(plan, rng)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = np.empty((plan.num_frames, h, w, 3), np.uint8)
+    for t in range(plan.num_frames):
+        r, a = path["radius"][t], path["angle"][t]
+        dx, dy = xx - path["x"][t], yy - path["y"][t]
+        # Blob-local coordinates (rotated with the blob, scaled by its radius).
+        u = (np.cos(a) * dx + np.sin(a) * dy) / r
+        v = (-np.sin(a) * dx + np.cos(a) * dy) / (r * aspect)
+        rho = np.sqrt(u * u + v * v)
+        alpha = np.clip((1.0 - rho) * r / 1.5, 0.0, 1.0)[..., None]  # ~1.5 px soft edge
+        band = (np.sin(np.pi * stripes * u) > 0)[..., None]
+        blob = np.where(band, colours[0], colours[1]) * path["bright"][t]
+        out[t] = (255.0 * (alpha * blob + (1.0 - alpha) * background) + 0.5).astype(np.uint8)
+    return out
+
+
+# ------------------------------------------------------------------------------------ writing
+
+
+def _write_one(job: tuple[VideoPlan, int, int, str]) -> str:
+    """Render and encode one video below a local root (top level: runs in a worker process)."""
+    from nlray.data.transcode import encode_h264
+
+    plan, gop, crf, root = job
+    path = Path(root) / plan.relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = render_video(plan)
+    encode_h264(frames, str(path), width=plan.width, height=plan.height, fps=plan.fps,
+                keyint=gop, crf=crf)
+    return plan.relpath
+
+
+def _write_csvs(plans: list[VideoPlan], root: Path) -> None:
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for split in SPLIT_DIRS:
+        rows = [p for p in plans if p.split == split]
+        if not rows:
+            continue
+        with open(root / "annotations" / f"{split}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+            for p in rows:
+                writer.writerow([p.label, p.youtube_id, p.time_start, p.time_end, p.split])
+
+
+def _generate_local(spec: SyntheticSpec, root: Path, processes: int) -> int:
+    """Write every video, the CSVs and finally the marker into ``root`` (a fresh folder)."""
+    plans = plan_videos(spec)
+    jobs = [(p, spec.gop, spec.crf, str(root)) for p in plans]
+    if processes > 1:
+        # spawn, not fork: the caller may be a Ray driver with threads running.
+        with multiprocessing.get_context("spawn").Pool(min(processes, len(jobs))) as pool:
+            list(pool.imap_unordered(_write_one, jobs, chunksize=4))
+    else:
+        for job in jobs:
+            _write_one(job)
+    _write_csvs(plans, root)
+    (root / MARKER).write_text(json.dumps({"spec": dataclasses.asdict(spec), "key": spec.key(),
+                                           "videos": len(plans)}, indent=1))
+    return len(plans)
+
+
+def make_dataset(out: str, spec: SyntheticSpec = DEMO_SPEC, *, endpoint_url: str = "",
+                 processes: int = 2, overwrite: bool = False) -> str:
+    """Generate the dataset at ``out`` (local path, file:// or s3://) and return ``out``.
+
+    Videos are written to a local temp folder first: locally it is renamed into place (readers
+    never see half a dataset), for S3 it is uploaded and the marker file goes last.
+    """
+    if _existing_files(out, endpoint_url):
+        if not overwrite:
+            raise ValueError(f"out={out!r} already holds files; pass overwrite=True "
+                             "(--overwrite) or choose an empty location")
+        _remove(out, endpoint_url)
+    if not storage.is_s3(out):
+        dest = Path(storage.local_path(out))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        try:
+            _generate_local(spec, tmp, processes)
+            if dest.exists():
+                dest.rmdir()  # an empty folder (checked above)
+            os.rename(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return out
+    with tempfile.TemporaryDirectory(prefix="nlray-synthetic-") as tmp:
+        _generate_local(spec, Path(tmp), processes)
+        marker = Path(tmp) / MARKER
+        data = marker.read_bytes()
+        marker.unlink()
+        storage.upload_tree(tmp, out, endpoint_url=endpoint_url)
+        storage.write_bytes(storage.join(out, MARKER), data, endpoint_url=endpoint_url)
+    return out
+
+
+def _existing_files(out: str, endpoint_url: str) -> list[tuple[str, int]]:
+    if not storage.is_s3(out) and not os.path.exists(storage.local_path(out)):
+        return []
+    return storage.list_files(out, suffixes=None, endpoint_url=endpoint_url)
+
+
+def _remove(out: str, endpoint_url: str) -> None:
+    if storage.is_s3(out):
+        for uri, _ in storage.list_files(out, suffixes=None, endpoint_url=endpoint_url):
+            storage.delete(uri, endpoint_url=endpoint_url)
+    else:
+        shutil.rmtree(storage.local_path(out))
+
+
+def ensure_demo_dataset(cache_dir: str, spec: SyntheticSpec = DEMO_SPEC, *,
+                        processes: int = 2) -> str:
+    """The local root of ``spec``'s dataset under ``cache_dir``, generated on first use only.
+
+    Generation writes to a temp folder and renames it into place, so concurrent callers and
+    interrupted runs never leave a partial dataset behind; the marker file says it is complete.
+    """
+    root = Path(os.path.expanduser(cache_dir)) / "synthetic" / f"{spec.key()}"
+    if (root / MARKER).is_file():
+        return str(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        _generate_local(spec, tmp, processes)
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not (root / MARKER).is_file():  # lost a race to a complete copy: fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(root)

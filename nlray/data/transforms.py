@@ -1,0 +1,106 @@
+"""Spatial transforms of uint8 clips [T, H, W, C] (PAPER.md "Training recipe", "Inference").
+
+Train: shorter side scaled to a random size in ``data.train_short_side`` (done at decode time by
+swscale when the backend can; ``short_side_scale`` otherwise), a random ``crop_size`` square crop,
+a horizontal flip with probability 1/2. Eval: shorter side ``eval_short_side``, then ``num_crops``
+squares of ``eval_crop_size`` spread evenly along the longer side (3: left/centre/right for
+landscape, top/centre/bottom for portrait; 1: centre).
+
+Everything here stays uint8 on the CPU. Conversion to float and ImageNet normalisation happen on the
+training device, after the 4x smaller uint8 batch has travelled: ``normalize_on_device``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "short_side_scale", "random_crop", "random_flip",
+           "train_crop_flip", "spatial_crops", "normalize_on_device"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, RGB
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _check_clip(frames: np.ndarray) -> None:
+    if frames.ndim != 4 or frames.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 clip [T, H, W, C]; got {frames.dtype} {frames.shape}")
+
+
+def short_side_scale(frames: np.ndarray, *, size: int) -> np.ndarray:
+    """uint8 [T, H, W, C] -> [T, H', W', C] with min(H', W') == size (bilinear, antialiased)."""
+    _check_clip(frames)
+    from nlray.data.decode import scaled_size
+
+    t, h, w, c = frames.shape
+    new_w, new_h = scaled_size(w, h, short_side=size)
+    if (new_h, new_w) == (h, w):
+        return frames
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, C, H, W), a view in channels-last
+    y = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode="bilinear",
+                                        antialias=new_h < h, align_corners=False)  # uint8 kernel
+    return y.permute(0, 2, 3, 1).contiguous().numpy()  # (T, H', W', C)
+
+
+def _crop_fits(frames: np.ndarray, size: int) -> None:
+    if size < 1 or size > min(frames.shape[1:3]):
+        raise ValueError(f"crop size {size} does not fit frames of {frames.shape[1]}x{frames.shape[2]} "
+                         "(H x W); crop size must be between 1 and the shorter side")
+
+
+def random_crop(frames: np.ndarray, *, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``size`` x ``size`` window at a uniformly random position (a view, no copy)."""
+    _check_clip(frames)
+    _crop_fits(frames, size)
+    y = int(rng.integers(0, frames.shape[1] - size + 1))
+    x = int(rng.integers(0, frames.shape[2] - size + 1))
+    return frames[:, y:y + size, x:x + size]
+
+
+def random_flip(frames: np.ndarray, *, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
+    """Mirror left-right with probability ``p`` (a view, no copy)."""
+    return frames[:, :, ::-1] if rng.random() < p else frames
+
+
+def train_crop_flip(frames: np.ndarray, *, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Random crop then random horizontal flip; a contiguous uint8 [T, size, size, C] copy."""
+    return np.ascontiguousarray(random_flip(random_crop(frames, size=size, rng=rng), rng=rng))
+
+
+def spatial_crops(frames: np.ndarray, *, size: int, num_crops: int) -> np.ndarray:
+    """uint8 [num_crops, T, size, size, C]: squares spread evenly along the longer side."""
+    _check_clip(frames)
+    _crop_fits(frames, size)
+    if num_crops < 1:
+        raise ValueError(f"num_crops={num_crops!r} must be >= 1")
+    h, w = frames.shape[1:3]
+    slack_y, slack_x = h - size, w - size
+    if num_crops == 1:
+        offsets = [0.5]  # the centre
+    else:
+        offsets = np.linspace(0.0, 1.0, num_crops)  # first, ..., last position along the long side
+    crops = []
+    for f in offsets:
+        if w >= h:  # landscape: move along x, centred in y
+            y, x = slack_y // 2, int(round(f * slack_x))
+        else:  # portrait: move along y, centred in x
+            y, x = int(round(f * slack_y)), slack_x // 2
+        crops.append(frames[:, y:y + size, x:x + size])
+    return np.stack(crops)  # (num_crops, T, size, size, C)
+
+
+def normalize_on_device(batch: torch.Tensor, *, dtype: torch.dtype = torch.float32,
+                        mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> torch.Tensor:
+    """uint8 [B, T, H, W, C] on any device -> ``dtype`` [B, C, T, H, W], (x/255 - mean) / std.
+
+    Call it on the training device so that only uint8 crosses processes and the PCIe bus.
+    """
+    if batch.dtype != torch.uint8 or batch.dim() != 5:
+        raise ValueError(f"expected a uint8 batch [B, T, H, W, C]; got {batch.dtype} {tuple(batch.shape)}")
+    c = batch.shape[-1]
+    if len(mean) != c or len(std) != c:
+        raise ValueError(f"mean {mean} and std {std} must have one value per channel ({c})")
+    x = batch.permute(0, 4, 1, 2, 3).to(dtype, memory_format=torch.contiguous_format)  # (B,C,T,H,W)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=x.device, dtype=torch.float32)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=x.device, dtype=torch.float32)
+    # x * 1/(255 std) - mean/std == (x/255 - mean)/std, in one fused pass per op
+    return x.mul_(scale.to(dtype).view(1, c, 1, 1, 1)).add_(shift.to(dtype).view(1, c, 1, 1, 1))

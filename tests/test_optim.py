@@ -1,0 +1,43 @@
+"""nlray.train.optim: the paper's step schedule, linear lr scaling, BN weight-decay groups."""
+import pytest
+import torch
+from torch import nn
+
+from nlray.config import load_config
+from nlray.train.optim import accumulation_steps, build_optimizer, global_batch, lr_at, param_groups, peak_lr
+
+
+def test_paper_schedule_steps_down_by_10_at_150k_and_300k():
+    kw = dict(peak=0.01, milestones=[150_000, 300_000], gamma=0.1, warmup_steps=0)
+    assert lr_at(0, **kw) == 0.01 and lr_at(149_999, **kw) == 0.01
+    assert lr_at(150_000, **kw) == pytest.approx(0.001) and lr_at(299_999, **kw) == pytest.approx(0.001)
+    assert lr_at(300_000, **kw) == pytest.approx(0.0001) and lr_at(399_999, **kw) == pytest.approx(0.0001)
+
+
+def test_warmup_rises_linearly_to_the_peak():
+    kw = dict(peak=0.1, milestones=[], gamma=0.1, warmup_steps=10)
+    assert [round(lr_at(s, **kw), 6) for s in (0, 4, 9, 10)] == [0.01, 0.05, 0.1, 0.1]
+
+
+def test_lr_scales_linearly_with_the_global_batch():
+    t = load_config("nl_i3d_r50_32f").train  # 0.01 at 64 clips
+    assert peak_lr(t, 64) == pytest.approx(0.01) and peak_lr(t, 16) == pytest.approx(0.0025)
+    long = load_config("nl_i3d_r50_128f")  # 8 workers x 2 clips = 16: the paper's 0.0025
+    assert peak_lr(long.train, global_batch(long.train, long.data.batch_size)) == pytest.approx(0.0025)
+
+
+def test_accumulation_reaches_the_target_global_batch():
+    t = load_config("nl_i3d_r50_32f", ["train.num_workers=2", "train.global_batch=64"]).train
+    assert accumulation_steps(t, 8) == 4 and global_batch(t, 8) == 64
+    t0 = load_config("nl_i3d_r50_32f", ["train.num_workers=2"]).train
+    assert accumulation_steps(t0, 8) == 1 and global_batch(t0, 8) == 16
+
+
+def test_bn_parameters_can_skip_weight_decay():
+    model = nn.Sequential(nn.Conv3d(3, 4, 1), nn.BatchNorm3d(4), nn.Linear(4, 2))
+    decay, bn = param_groups(model, 1e-4, decay_bn=False)
+    assert {id(p) for p in bn["params"]} == {id(model[1].weight), id(model[1].bias)}
+    assert bn["weight_decay"] == 0.0 and decay["weight_decay"] == 1e-4 and len(decay["params"]) == 4
+    t = load_config("nl_i3d_r50_32f", ["train.nesterov=true"]).train
+    opt = build_optimizer(model, t, 0.01)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
