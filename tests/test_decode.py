@@ -64,10 +64,11 @@ def test_resize_at_decode_keeps_frames_and_aspect(video, backend):
 def test_portrait_short_side_is_width(clips_dir):
     assert scaled_size(360, 640, short_side=256) == (256, 455)
     assert scaled_size(640, 360, short_side=256) == (455, 256)
-    data = video_bytes(clips_dir, "portrait.mp4", num_frames=10, width=48, height=96, gop=5)
+    # (width 48 would do for PyAV, but decord 0.6 fails on frames 16, 24, 48 or 72 pixels wide)
+    data = video_bytes(clips_dir, "portrait.mp4", num_frames=10, width=40, height=96, gop=5)
     for backend in BACKENDS:
         got = read_frames(open_video(data, backend=backend), np.arange(10), short_side=32)
-        assert got.shape == (10, 64, 32, 3)
+        assert got.shape == (10, 77, 32, 3)  # 96 * 32 / 40 = 76.8
 
 
 def test_pyav_decodes_from_the_keyframe_before_and_jumps_gaps(clips_dir):

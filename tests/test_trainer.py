@@ -24,10 +24,10 @@ def s3_data(s3_endpoint):
     """A tiny synthetic Kinetics-like set in the official layout, in a bucket on the moto endpoint."""
     import boto3
 
-    from nlray.data.synthetic import TINY_SPEC, write_dataset
+    from nlray.data.synthetic import TINY_SPEC, make_dataset
 
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="train-data")
-    write_dataset("s3://train-data/k", TINY_SPEC)
+    make_dataset("s3://train-data/k", TINY_SPEC)
     return "s3://train-data/k"
 
 

@@ -16,7 +16,9 @@ Two backends, both single-threaded (one clip decoder = one core; scale out with 
 - ``decord``: ``VideoReader(BytesIO, num_threads=1).get_batch(sorted unique indices)``, which seeks
   to the keyframe before each wanted run and skips forward (decoding, not converting) inside it;
   resizing happens afterwards (decord has no way to ask the size first without decoding a frame,
-  and its own resize fails for some small widths).
+  and its own resize fails for some widths). decord 0.6 also fails outright ("DECORDArrayCopyFromTo:
+  The size must exactly match") on frames 16, 24, 48 or 72 pixels wide; such a video counts as
+  undecodable with this backend.
 
 The ten clips of an eval video come from one opening and one pass: ``read_frames`` takes the union
 of all indices, decodes it once and gathers each clip from it.
