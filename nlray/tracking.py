@@ -129,9 +129,11 @@ def log_model(run_id: str, uri: str, model, registered_name: str = "") -> None:
 
     mlflow.set_tracking_uri(resolve_uri(uri))
     with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(model.cpu().eval(), name="model",
+        # pickle, not MLflow 3's default pt2 export: tracing a 128-frame model needs an example input
+        # and minutes of CPU; loading needs nlray importable, which serving nlray models needs anyway.
+        mlflow.pytorch.log_model(model.cpu().eval(), name="model", serialization_format="pickle",
                                  registered_model_name=registered_name or None,
-                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "nlray"])
 
 
 def learning_curve_png(run_id: str, uri: str, keys: Iterable[str], out: Path) -> Path:

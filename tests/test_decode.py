@@ -4,9 +4,9 @@ import pickle
 import numpy as np
 import pytest
 
-from nlray.data.decode import (BACKENDS, BadVideo, PyAVVideo, container_truncated, fetch_video,
-                               open_video, read_frames, scaled_size)
-from videos import decode_all, read_codes, video_bytes, write_video
+from nlray.data.decode import (BACKENDS, BadVideo, Crop, CropError, PyAVVideo, container_truncated,
+                               fetch_video, open_video, read_frames, scaled_size)
+from videos import decode_all, ramp_position, read_codes, video_bytes, write_video
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,38 @@ def test_resize_at_decode_keeps_frames_and_aspect(video, backend):
     assert (index == idx).all() and (label == 3).all()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("side,fy,fx", [(96, 0.0, 0.0), (120, 0.3, 0.7), (150, 1.0, 1.0), (108, 0.5, 0.5)])
+def test_crop_at_decode_takes_the_asked_square(clips_dir, backend, side, fy, fx):
+    """Pixels of grey-ramp videos say where they came from: the crop covers the asked square to ~1 px."""
+    s = side / 96  # scaled / decoded; the frames are 160x96
+    for axis, length, f, room in (("x", 160, fx, round(160 * s) - 80), ("y", 96, fy, side - 80)):
+        data = video_bytes(clips_dir, f"ramp{axis}.mp4", num_frames=8, width=160, height=96, gop=4,
+                           ramp=axis, crf=0)
+        got = read_frames(open_video(data, backend=backend), np.arange(0, 8, 3), short_side=side,
+                          crop=Crop(size=80, fy=fy, fx=fx))
+        assert got.shape == (3, 80, 80, 3)
+        pos = ramp_position(got, length=length)  # (3, 80, 80) decoded coordinate of each pixel
+        profile = pos.mean(axis=(0, 1) if axis == "x" else (0, 2))  # along the axis, 80 values
+        start = min(int(f * (room + 1)), room) / s  # where the square begins, in decoded pixels
+        i = np.arange(4, 76)  # the outermost pixels blend with what lies beyond the square
+        slope, offset = np.polyfit(i, profile[i], 1)  # decoded pixels per output pixel, and where
+        assert slope == pytest.approx(1 / s, rel=0.03), (axis, slope, 1 / s)  # the asked scale
+        centre = slope * 39.5 + offset  # decoded coordinate of the square's centre
+        # within 1 px (PyAV rounds the square's corner to even pixels), plus swscale's sampling
+        # convention (its whole-frame scaling sits up to ~1.5 px off PIL/torch's too) and ~0.3 px
+        # of reading grey levels back
+        assert abs(centre - (start + 40 / s - 0.5)) < 2.5, (axis, centre, start + 40 / s - 0.5)
+
+
+def test_crop_that_does_not_fit_is_the_callers_error(clips_dir):
+    data = video_bytes(clips_dir, "small.mp4", num_frames=4, width=64, height=40, gop=2)
+    with pytest.raises(CropError, match="crop size 48 does not fit frames of 40x64"):
+        read_frames(open_video(data), np.arange(4), crop=Crop(size=48))
+    with pytest.raises(ValueError, match="fy, fx in"):
+        Crop(size=8, fy=1.5)
+
+
 def test_portrait_short_side_is_width(clips_dir):
     assert scaled_size(360, 640, short_side=256) == (256, 455)
     assert scaled_size(640, 360, short_side=256) == (455, 256)
@@ -81,6 +113,17 @@ def test_pyav_decodes_from_the_keyframe_before_and_jumps_gaps(clips_dir):
     read_frames(v, np.array([[5, 7], [205, 207]]))  # two runs 200 frames apart: two short passes
     assert v.packets_sent <= 2 * 25 + 8
     np.testing.assert_array_equal(read_codes(read_frames(v, np.array([299, 0])))[0], [299 % 256, 0])
+
+
+def test_broken_timestamps_numbered_by_output_order(clips_dir):
+    data = video_bytes(clips_dir, "nopts.mp4", num_frames=40, width=64, height=48, gop=10, bframes=2,
+                       timestamps=False)
+    ref = decode_all(data)
+    assert (read_codes(ref)[0] == np.arange(40)).all()
+    v = open_video(data, backend="pyav")
+    assert not v._pts_unique  # the case under test: every packet has the same pts
+    idx = np.array([[3, 17, 18, 39], [0, 1, 2, 3]])
+    np.testing.assert_array_equal(read_frames(v, idx), ref[idx])
 
 
 def test_short_video_and_small_files_decode(clips_dir):

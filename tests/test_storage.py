@@ -3,6 +3,7 @@ a tiny HTTP server that throttles, and the local filesystem."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import urllib.request
@@ -33,8 +34,9 @@ def test_s3_round_trip_and_listing(s3_bucket):
     storage.check_access(root)
 
 
-def test_s3_listing_paginates(s3_bucket):
-    keys = [f"many/{i:04d}.mp4" for i in range(1005)]  # one page holds 1000 keys
+def test_s3_listing_paginates(s3_bucket, monkeypatch):
+    monkeypatch.setattr(storage, "LIST_PAGE_SIZE", 3)  # S3 pages hold 1000 keys: shrink the page
+    keys = [f"many/{i:04d}.mp4" for i in range(10)]
     client = boto3.client("s3")
     for k in keys:
         client.put_object(Bucket=s3_bucket, Key=k, Body=b"")
@@ -70,8 +72,13 @@ def test_pyarrow_filesystem_reads_what_boto3_wrote(s3_bucket, monkeypatch, s3_en
 
 def test_local_and_file_uris(tmp_path):
     plain = str(tmp_path / "d" / "v.mp4")
-    storage.write_bytes(plain, b"hello")
+    old_umask = os.umask(0o027)
+    try:
+        storage.write_bytes(plain, b"hello")
+    finally:
+        os.umask(old_umask)
     assert (tmp_path / "d" / "v.mp4").read_bytes() == b"hello"
+    assert (tmp_path / "d" / "v.mp4").stat().st_mode & 0o777 == 0o640  # the umask, not mkstemp's 0600
     assert storage.read_bytes(f"file://{plain}") == b"hello"
     assert storage.list_files(f"file://{tmp_path}") == [(f"file://{tmp_path}/d/v.mp4", 5)]
     assert storage.list_files(str(tmp_path)) == [(plain, 5)]

@@ -11,6 +11,7 @@ and a flat frame survives any resize, crop or flip. A small white square in the 
 """
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 from typing import Union
 
@@ -37,12 +38,32 @@ def make_frame(index: int, *, width: int, height: int, label: int = 0,
     return img
 
 
+def make_ramp(index: int, *, width: int, height: int, axis: str = "x") -> np.ndarray:
+    """Grey RGB uint8 [H, W, 3] rising from 8 to 248 along ``axis`` ("x" or "y"); ``index`` unused.
+
+    Grey keeps the value in luma (chroma is subsampled), so a pixel of a scaled or cropped frame
+    says where along the axis it came from to ~0.5 px: ``ramp_position``.
+    """
+    n = width if axis == "x" else height
+    line = np.rint(8 + 240 * np.arange(n) / (n - 1)).astype(np.uint8)
+    grey = np.broadcast_to(line[None, :] if axis == "x" else line[:, None], (height, width))
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def ramp_position(pixels: np.ndarray, *, length: int) -> np.ndarray:
+    """Source coordinate along the ramp's axis that ramp pixels [..., 3] encode."""
+    return (pixels.astype(np.float64).mean(axis=-1) - 8) * (length - 1) / 240
+
+
 def write_video(path: Union[str, Path], *, num_frames: int, width: int = 64, height: int = 48,
                 fps: int = 30, gop: int = 25, label: int = 0, bframes: int = 2,
-                marker: bool = True, crf: int = 12, faststart: bool = False) -> Path:
+                marker: bool = True, crf: int = 12, faststart: bool = False,
+                timestamps: bool = True, ramp: str = "") -> Path:
     """Write H.264 (yuv420p) of ``num_frames`` coded frames; keyframe every ``gop`` frames.
 
-    The container follows the suffix (.mp4, .mkv, ...); ``faststart`` puts the MP4 index first.
+    The container follows the suffix (.mp4, .mkv, ...); ``faststart`` puts the MP4 index first;
+    ``timestamps=False`` sends frames without pts, which leaves every packet at pts 0 (a broken file);
+    ``ramp="x"`` or ``"y"`` writes ``make_ramp`` frames instead of flat coded colours.
     """
     path = Path(path)
     options = {"movflags": "faststart"} if faststart else {}
@@ -52,8 +73,11 @@ def write_video(path: Union[str, Path], *, num_frames: int, width: int = 64, hei
         stream.options = {"crf": str(crf), "preset": "veryfast",
                           "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"}
         for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(make_frame(i, width=width, height=height,
-                                                          label=label, marker=marker), format="rgb24")
+            img = (make_ramp(i, width=width, height=height, axis=ramp) if ramp else
+                   make_frame(i, width=width, height=height, label=label, marker=marker))
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if not timestamps:  # a frame with a time base but no pts is muxed at pts 0
+                frame.time_base, frame.pts = Fraction(1, 15360), None
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return path

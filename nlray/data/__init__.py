@@ -15,16 +15,17 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "storage": ("StorageError", "MissingObjectError", "read_bytes", "write_bytes", "exists",
+    "storage": ("StorageError", "MissingObjectError", "read_bytes", "write_bytes", "exists", "size",
                 "list_files", "join", "check_access", "pyarrow_filesystem", "upload_tree",
                 "delete", "resolve_endpoint", "is_s3", "local_path", "relative_to",
                 "VIDEO_SUFFIXES"),
     "manifest": ("build_manifest", "write_manifest", "read_manifest", "resolve_dataset",
-                 "read_list_file", "MANIFEST_COLUMNS", "ManifestError"),
-    "probe": ("probe_manifest", "probe_video", "ProbeFn", "PROBE_STATUSES"),
-    "transcode": ("transcode_dataset", "transcode_video", "TranscodeFn"),
+                 "read_list_file", "normalise_split", "MANIFEST_COLUMNS", "ManifestError"),
+    "probe": ("probe_manifest", "probe_video", "mp4_structure", "ProbeFn", "PROBE_STATUSES"),
+    "transcode": ("transcode_dataset", "transcode_video", "encode_h264", "output_size",
+                  "copy_annotations", "TranscodeFn"),
     "synthetic": ("SyntheticSpec", "DEMO_SPEC", "TINY_SPEC", "CLASSES", "make_dataset",
-                  "ensure_demo_dataset", "render_video"),
+                  "ensure_demo_dataset", "plan_videos", "render_video"),
 }
 # Helper C's modules: every public name they define is exported on first access.
 _CLIP_MODULES = ("sampling", "decode", "transforms", "pipeline")

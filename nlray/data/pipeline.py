@@ -15,10 +15,14 @@ Columns (all numeric, so ``iter_torch_batches`` batches them; strings would not 
   ``crop_idx`` (int64): one row per view, all views of a video from one opening and one pass.
 
 ``video_idx`` is the row of the video in ``split_frame(df, split)`` (look ``video_id``/``uri`` up there).
+Ray 2.60's ``iter_torch_batches(dtypes={...})`` raises KeyError unless the dict names every column:
+pass no dtypes (uint8 and int64 stay as they are) or all of them.
 
-Shuffle: ``random_shuffle`` of the small manifest rows runs again at every execution (epoch), so
-each epoch has a new order. With ``data.shuffle_seed`` set, the orders are reproducible run to run
-and still differ from epoch to epoch (``RandomSeedConfig(seed, reseed_after_execution=True)``).
+Shuffle: the manifest rows are permuted each time Ray plans the dataset, i.e. at every execution
+(epoch), by the ``ManifestRows`` datasource (see it for why not ``random_shuffle``), so each epoch
+has a new order. With ``data.shuffle_seed`` set, the sequence of orders is reproducible run to run
+and still differs from epoch to epoch. Rows travel in blocks of ``data.decode_batch`` so that all
+``data.decode_actors`` decoders get work.
 Clip positions, scales, crops and flips come from each decoder actor's own generator, seeded from
 ``seed`` and a random actor key: independent across actors, not bit-reproducible (which actor gets
 which video is up to the scheduler).
@@ -35,12 +39,13 @@ import uuid
 from typing import Any, Iterator, Optional
 
 import numpy as np
+from ray.data import Datasource
 
-from nlray.data.decode import BadVideo, fetch_video, open_video, read_frames
+from nlray.data.decode import BadVideo, Crop, fetch_video, open_video, read_frames, read_unique
 from nlray.data.sampling import eval_indices, train_indices
-from nlray.data.transforms import spatial_crops, train_crop_flip
+from nlray.data.transforms import crop_corners, random_flip
 
-__all__ = ["BadVideoLog", "ClipDecoder", "EvalClipDecoder", "build_train_dataset", "build_eval_dataset",
+__all__ = ["BadVideoLog", "ClipDecoder", "EvalClipDecoder", "ManifestRows", "build_train_dataset", "build_eval_dataset",
            "bad_video_log", "bad_video_log_name", "bad_video_counts", "bad_video_list", "split_frame"]
 
 NAMESPACE_PREFIX = "nlray_bad_videos"
@@ -142,14 +147,12 @@ class ClipDecoder(_DecoderBase):
 
     def clip(self, uri: str) -> np.ndarray:
         """One training clip of the video at ``uri``; BadVideo if it cannot be made."""
-        video = self._open(uri)
-        try:
+        with self._open(uri) as video:
             idx = train_indices(video.num_frames, frames=self.frames, stride=self.stride, rng=self.rng)
-            size = int(self.rng.integers(self.short_side[0], self.short_side[1] + 1))
-            frames = read_frames(video, idx, short_side=size)  # (T, H, W, 3), short side = size
-        finally:
-            video.close()
-        return train_crop_flip(frames, size=self.crop_size, rng=self.rng)  # (T, crop, crop, 3)
+            size = int(self.rng.integers(self.short_side[0], self.short_side[1] + 1))  # short side
+            crop = Crop(size=self.crop_size, fy=self.rng.random(), fx=self.rng.random())
+            frames = read_frames(video, idx, short_side=size, crop=crop)  # (T, crop, crop, 3)
+        return random_flip(frames, rng=self.rng)  # (T, crop, crop, 3), maybe mirrored
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         clips, labels, rows = [], [], []
@@ -177,15 +180,18 @@ class EvalClipDecoder(_DecoderBase):
 
     def views(self, uri: str) -> np.ndarray:
         """uint8 [num_clips, num_crops, T, crop, crop, 3] from one opening and one decoding pass."""
-        video = self._open(uri)
-        try:
+        with self._open(uri) as video:
             idx = eval_indices(video.num_frames, frames=self.frames, stride=self.stride,
                                num_clips=self.num_clips)  # (clips, T)
-            frames = read_frames(video, idx, short_side=self.short_side)  # (clips, T, H, W, 3)
-        finally:
-            video.close()
-        return np.stack([spatial_crops(clip, size=self.crop_size, num_crops=self.num_crops)
-                         for clip in frames])  # (clips, crops, T, crop, crop, 3)
+            uniq, inverse = read_unique(video, idx, short_side=self.short_side)  # (U, H, W, 3), (clips, T)
+        s = self.crop_size
+        corners = crop_corners(uniq.shape[1], uniq.shape[2], size=s, num_crops=self.num_crops)
+        out = np.empty((self.num_clips, len(corners), self.frames, s, s, 3), np.uint8)
+        for j, (y, x) in enumerate(corners):  # crop straight from the distinct frames: no clip copy
+            window = uniq[:, y:y + s, x:x + s]  # (U, s, s, 3) view
+            for c in range(self.num_clips):
+                np.take(window, inverse[c], axis=0, out=out[c, j])  # (T, s, s, 3)
+        return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for uri, label, row in zip(batch["uri"], batch["label_id"], batch["video_idx"]):
@@ -222,16 +228,63 @@ def split_frame(df, split: Optional[str]):
     return df.reset_index(drop=True)
 
 
-def _rows_dataset(df, split: Optional[str], rows_per_block: int):
-    """A Dataset of (uri, label_id, video_idx) in blocks of ``rows_per_block`` so that all actors work."""
+def _rows_block(uris: np.ndarray, labels: np.ndarray, rows: np.ndarray, block: int) -> Iterator[Any]:
+    """A read task's output: its rows as pandas blocks of ``block`` rows."""
+    import pandas as pd
+
+    for i in range(0, len(uris), block):
+        yield pd.DataFrame({"uri": uris[i:i + block], "label_id": labels[i:i + block],
+                            "video_idx": rows[i:i + block]})
+
+
+class ManifestRows(Datasource):
+    """Ray Data datasource of (uri, label_id, video_idx), shuffled anew each time it is planned.
+
+    Ray plans a dataset again at every execution (every epoch), so a permutation drawn in
+    ``get_read_tasks`` is a per-epoch shuffle that needs no all-to-all shuffle: Ray 2.60's
+    ``random_shuffle`` runs hash-shuffle tasks/actors that need CPUs of their own, which a decoder
+    pool holding every CPU starves (the job hangs), and it is slow for a few small rows. Read tasks
+    take 0 CPUs for the same reason. With ``seed`` the sequence of orders is reproducible.
+    """
+
+    def __init__(self, rows, *, block: int, shuffle: bool, seed: Optional[int] = None):
+        self.uris = rows["uri"].astype(str).to_numpy()
+        self.labels = rows["label_id"].astype(np.int64).to_numpy()
+        self.block, self.shuffle, self.seed, self.plans = block, shuffle, seed, 0
+
+    def estimate_inmemory_data_size(self) -> int:
+        return int(sum(len(u) for u in self.uris) + 16 * len(self.uris))
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: Optional[int] = None,
+                       data_context: Any = None) -> list:
+        import functools
+
+        from ray.data import ReadTask
+        from ray.data.block import BlockMetadata
+
+        n = len(self.uris)
+        order = np.arange(n, dtype=np.int64)
+        if self.shuffle:
+            entropy = None if self.seed is None else [self.seed, self.plans]
+            order = np.random.default_rng(entropy).permutation(n)
+        self.plans += 1
+        per_task = max(self.block, -(-n // max(parallelism, 1)))  # whole blocks per read task
+        per_task = -(-per_task // self.block) * self.block
+        tasks = []
+        for i in range(0, n, per_task):
+            part = order[i:i + per_task]
+            meta = BlockMetadata(num_rows=len(part), size_bytes=None, exec_stats=None, input_files=None)
+            read = functools.partial(_rows_block, self.uris[part], self.labels[part], part, self.block)
+            tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
+        return tasks
+
+
+def _rows_dataset(df, split: Optional[str], *, block: int, shuffle: bool, seed: Optional[int] = None):
+    """Dataset of (uri, label_id, video_idx) in blocks of ``block`` rows, so that every actor works."""
     import ray
 
-    rows = split_frame(df, split)
-    small = rows[["uri", "label_id"]].assign(video_idx=np.arange(len(rows), dtype=np.int64))
-    small["uri"] = small["uri"].astype(str)
-    small["label_id"] = small["label_id"].astype(np.int64)
-    chunks = [small.iloc[i:i + rows_per_block] for i in range(0, len(small), rows_per_block)]
-    return ray.data.from_pandas(chunks)
+    source = ManifestRows(split_frame(df, split), block=block, shuffle=shuffle, seed=seed)
+    return ray.data.read_datasource(source, num_cpus=0)
 
 
 def build_train_dataset(df, data_cfg, *, split: str = "train", seed: int = 0,
@@ -241,9 +294,7 @@ def build_train_dataset(df, data_cfg, *, split: str = "train", seed: int = 0,
 
     log_name = log_name or bad_video_log_name(split)
     bad_video_log(log_name)  # created on the driver: lives as long as the job
-    shuffle_seed = ray.data.RandomSeedConfig(seed=data_cfg.shuffle_seed, reseed_after_execution=True)
-    ds = _rows_dataset(df, split, data_cfg.decode_batch).random_shuffle(seed=shuffle_seed)
-    ds = ds.repartition(target_num_rows_per_block=data_cfg.decode_batch)  # back to small blocks
+    ds = _rows_dataset(df, split, block=data_cfg.decode_batch, shuffle=True, seed=data_cfg.shuffle_seed)
     kwargs = dict(frames=data_cfg.frames, stride=data_cfg.frame_stride,
                   short_side=tuple(data_cfg.train_short_side), crop_size=data_cfg.crop_size,
                   backend=data_cfg.backend, endpoint_url=data_cfg.s3_endpoint_url,
@@ -268,6 +319,6 @@ def build_eval_dataset(df, data_cfg, *, split: str = "val", num_clips: Optional[
     if kwargs["crop_size"] > kwargs["short_side"]:
         raise ValueError(f"data.eval_crop_size={kwargs['crop_size']} must be <= "
                          f"data.eval_short_side={kwargs['short_side']}")
-    return _rows_dataset(df, split, data_cfg.decode_batch).map_batches(
+    return _rows_dataset(df, split, block=data_cfg.decode_batch, shuffle=False).map_batches(
         EvalClipDecoder, fn_constructor_kwargs=kwargs, batch_size=data_cfg.decode_batch,
         compute=ray.data.ActorPoolStrategy(size=data_cfg.decode_actors), num_cpus=data_cfg.decode_cpus)

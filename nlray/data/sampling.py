@@ -8,7 +8,10 @@ Kinetics is almost all 25-30 fps; a 24 fps video gives a slightly longer clip in
   ``stride``-th kept (32x2: 64-frame window, 32 frames; 128x1: 128 consecutive frames).
 - eval: ``num_clips`` windows evenly over the whole video: clip k is centred at (k + 0.5) / num_clips
   of the video (PySlowFast spaces starts evenly instead; centring treats both ends alike), clamped so
-  that every window lies inside the video when it fits.
+  that every window lies inside the video when it fits. Starts are then rounded down to a multiple
+  of ``stride`` (a shift of at most stride - 1 frames, 1/30 s for 32x2) so that overlapping clips
+  take the same frames: the single decoding pass over all clips of a video then decodes and
+  converts each shared frame once (for 10 x 32x2 on a 300-frame video: 150 frames, not 201).
 - A video shorter than the window is LOOPED, never dropped: the window starts at frame 0 and its
   indices wrap around (``index % num_frames``).
 """
@@ -47,5 +50,6 @@ def eval_indices(num_frames: int, *, frames: int, stride: int, num_clips: int) -
     window = window_size(frames=frames, stride=stride)
     centres = (np.arange(num_clips) + 0.5) * num_frames / num_clips  # (num_clips,)
     starts = np.clip(np.floor(centres - window / 2), 0, max(num_frames - window, 0)).astype(np.int64)
+    starts -= starts % stride  # on a common grid: overlapping clips share frames
     offsets = np.arange(frames, dtype=np.int64) * stride  # (frames,)
     return (starts[:, None] + offsets[None, :]) % num_frames  # (num_clips, frames)

@@ -41,6 +41,7 @@ AUTH_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDe
                         "AccountProblem", "InvalidSecurity", "UnrecognizedClientException"})
 MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
+LIST_PAGE_SIZE = 1000  # keys per ListObjectsV2 page (S3's maximum)
 MAX_ATTEMPTS = 6  # first try + 5 retries: backoff sums to at most ~6 s before giving up
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 5.0
@@ -248,6 +249,7 @@ def write_bytes(uri: str, data: bytes, *, endpoint_url: str = "") -> None:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a dataset is meant to be shared
             os.replace(tmp, path)  # readers never see a half-written file
         except OSError as exc:
             raise StorageError(uri, f"{type(exc).__name__}: {exc.strerror or exc}") from exc
@@ -256,6 +258,18 @@ def write_bytes(uri: str, data: bytes, *, endpoint_url: str = "") -> None:
         raise ValueError(f"cannot write an object at {uri!r}: the URI names a bucket or folder")
     client = _client(endpoint_url)
     _call(uri, lambda: client.put_object(Bucket=bucket, Key=key, Body=data))
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race with other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def exists(uri: str, *, endpoint_url: str = "") -> bool:
@@ -271,6 +285,22 @@ def exists(uri: str, *, endpoint_url: str = "") -> bool:
         # HEAD answers a bare 404 for a missing bucket too: tell the two apart (once per bucket).
         _check_bucket(uri, bucket, endpoint_url)
         return False
+
+
+def size(uri: str, *, endpoint_url: str = "") -> int:
+    """Size in bytes; ``MissingObjectError`` if the object does not exist."""
+    scheme, bucket, key = _parse(uri)
+    if scheme == "file":
+        try:
+            return os.path.getsize(key)
+        except FileNotFoundError:
+            raise MissingObjectError(uri, "no such file") from None
+    client = _client(endpoint_url)
+    try:
+        return int(_call(uri, lambda: client.head_object(Bucket=bucket, Key=key))["ContentLength"])
+    except MissingObjectError:
+        _check_bucket(uri, bucket, endpoint_url)  # a missing bucket is not a missing object
+        raise
 
 
 def _check_bucket(uri: str, bucket: str, endpoint_url: str) -> None:
@@ -330,7 +360,8 @@ def _list_s3(uri: str, bucket: str, key: str, endpoint_url: str) -> list[tuple[s
     out: list[tuple[str, int]] = []
     token: Optional[str] = None
     while True:  # paginate by hand so that every page goes through the retry loop
-        kwargs = {"Bucket": bucket, "Prefix": prefix, **({"ContinuationToken": token} if token else {})}
+        kwargs = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": LIST_PAGE_SIZE,
+                  **({"ContinuationToken": token} if token else {})}
         page = _call(uri, lambda: client.list_objects_v2(**kwargs))
         for obj in page.get("Contents", []):
             if not obj["Key"].endswith("/"):
@@ -384,19 +415,43 @@ def pyarrow_filesystem(uri: str, *, endpoint_url: str = "") -> tuple[Any, str]:
     import boto3
 
     session = boto3.session.Session()
-    creds = session.get_credentials()
-    kwargs: dict[str, Any] = {"region": session.region_name or "us-east-1",
-                              "retry_strategy": pafs.AwsStandardS3RetryStrategy(
-                                  max_attempts=MAX_ATTEMPTS)}
-    if creds is None:
-        kwargs["anonymous"] = True
-    else:
-        frozen = creds.get_frozen_credentials()
-        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key,
-                      session_token=frozen.token)
     endpoint = resolve_endpoint(endpoint_url)
+    kwargs: dict[str, Any] = {"region": _region(session, bucket, endpoint),
+                              "retry_strategy": pafs.AwsStandardS3RetryStrategy(
+                                  max_attempts=MAX_ATTEMPTS),
+                              **_pyarrow_credentials(session)}
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
         kwargs.update(endpoint_override=parsed.netloc + parsed.path.rstrip("/"),
                       scheme=parsed.scheme)
     return pafs.S3FileSystem(**kwargs), f"{bucket}/{key}".rstrip("/")
+
+
+# Where boto3 found static keys: hand pyarrow the same keys. Anything else (instance role, SSO,
+# web identity) expires, so pyarrow's own AWS SDK chain, which refreshes them, is used instead.
+_STATIC_CREDENTIAL_METHODS = ("env", "explicit", "shared-credentials-file", "config-file")
+
+
+def _pyarrow_credentials(session: Any) -> dict[str, Any]:
+    creds = session.get_credentials()
+    if creds is None:
+        return {"anonymous": True}
+    if getattr(creds, "method", "") not in _STATIC_CREDENTIAL_METHODS:
+        return {}
+    frozen = creds.get_frozen_credentials()
+    return {"access_key": frozen.access_key, "secret_key": frozen.secret_key,
+            "session_token": frozen.token}
+
+
+def _region(session: Any, bucket: str, endpoint: Optional[str]) -> str:
+    """The configured region; on AWS without one, the bucket's own region (pyarrow needs it)."""
+    if session.region_name:
+        return session.region_name
+    if not endpoint:
+        import pyarrow.fs as pafs
+
+        try:
+            return pafs.resolve_s3_region(bucket)
+        except OSError:
+            pass  # no network or no such bucket: the first real request will say which
+    return "us-east-1"

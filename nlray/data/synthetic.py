@@ -25,10 +25,9 @@ import os
 import shutil
 import string
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -40,6 +39,7 @@ CLASSES = ("moving_left", "moving_right", "moving_up", "moving_down", "growing",
 SPLIT_DIRS = {"train": "train", "validate": "val"}  # CSV split name -> folder
 GENERATOR_VERSION = 1  # bump when the rendering changes: the demo cache is keyed by it
 MARKER = "_COMPLETE.json"
+MIN_JOBS_FOR_POOL = 48  # starting spawned workers costs seconds: not worth it for tiny sets
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def _trajectory(plan: VideoPlan, rng: np.random.Generator) -> dict[str, np.ndarr
     """
     h, w, n = plan.height, plan.width, plan.num_frames
     s = np.linspace(-1.0, 1.0, n, dtype=np.float32)
-    r = float(rng.uniform(0.10, 0.14)) * min(h, w)
+    r = float(rng.uniform(0.11, 0.15)) * min(h, w)
     x = np.full(n, rng.uniform(r, w - r), np.float32)
     y = np.full(n, rng.uniform(r, h - r), np.float32)
     radius = np.full(n, r, np.float32)
@@ -168,7 +168,7 @@ def _trajectory(plan: VideoPlan, rng: np.random.Generator) -> dict[str, np.ndarr
     if kind == "moving":
         sign = -1.0 if how in ("left", "up") else 1.0
         dim = w if how in ("left", "right") else h
-        travel = float(rng.uniform(0.75, 1.0)) * (dim - 2 * r - 2)
+        travel = float(rng.uniform(0.85, 1.0)) * (dim - 2 * r - 2)
         centre = rng.uniform(r + 1 + travel / 2, dim - r - 1 - travel / 2)
         (x if how in ("left", "right") else y)[:] = centre + sign * travel / 2 * s
     elif plan.label in ("growing", "shrinking"):
@@ -252,10 +252,12 @@ def _generate_local(spec: SyntheticSpec, root: Path, processes: int) -> int:
     """Write every video, the CSVs and finally the marker into ``root`` (a fresh folder)."""
     plans = plan_videos(spec)
     jobs = [(p, spec.gop, spec.crf, str(root)) for p in plans]
-    if processes > 1:
-        # spawn, not fork: the caller may be a Ray driver with threads running.
-        with multiprocessing.get_context("spawn").Pool(min(processes, len(jobs))) as pool:
-            list(pool.imap_unordered(_write_one, jobs, chunksize=4))
+    if processes > 1 and len(jobs) >= MIN_JOBS_FOR_POOL:
+        # spawn, not fork: the caller may be a Ray driver with threads running. An executor
+        # (unlike multiprocessing.Pool) raises if a worker dies instead of hanging.
+        with ProcessPoolExecutor(min(processes, len(jobs)),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_write_one, jobs, chunksize=4))
     else:
         for job in jobs:
             _write_one(job)
@@ -285,6 +287,7 @@ def make_dataset(out: str, spec: SyntheticSpec = DEMO_SPEC, *, endpoint_url: str
             _generate_local(spec, tmp, processes)
             if dest.exists():
                 dest.rmdir()  # an empty folder (checked above)
+            tmp.chmod(0o777 & ~storage._umask())  # mkdtemp makes 0700; datasets are shared
             os.rename(tmp, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -327,6 +330,7 @@ def ensure_demo_dataset(cache_dir: str, spec: SyntheticSpec = DEMO_SPEC, *,
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         _generate_local(spec, tmp, processes)
+        tmp.chmod(0o777 & ~storage._umask())  # mkdtemp makes 0700
         try:
             os.rename(tmp, root)
         except OSError:

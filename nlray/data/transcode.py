@@ -10,7 +10,6 @@ that cost. The job runs over the manifest with Ray Data on CPU nodes and writes 
 from __future__ import annotations
 
 import io
-import os
 from fractions import Fraction
 from typing import Any, BinaryIO, Iterable, Optional, Union
 
@@ -22,7 +21,7 @@ from nlray.data import storage
 DEFAULT_SHORT_SIDE = 256
 DEFAULT_KEYINT = 32
 TRANSCODE_COLUMNS = ("uri", "out_uri", "status", "error", "num_frames", "out_num_frames",
-                     "out_width", "out_height")
+                     "out_width", "out_height", "out_size")
 
 
 def encode_h264(frames: Iterable[Any], dest: Union[str, BinaryIO], *, width: int, height: int,
@@ -50,8 +49,11 @@ def encode_h264(frames: Iterable[Any], dest: Union[str, BinaryIO], *, width: int
         for frame in frames:
             if not isinstance(frame, av.VideoFrame):
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            frame = frame.reformat(width=width, height=height, format="yuv420p")
-            frame.pts = None  # let the encoder number frames at the stream rate
+            # AREA: proper averaging when shrinking (bilinear would alias fine texture).
+            frame = frame.reformat(width=width, height=height, format="yuv420p",
+                                   interpolation="AREA")
+            # Constant frame rate: frame i at i / rate (a decoded frame's own clock is dropped).
+            frame.pts, frame.time_base = count, 1 / rate
             for packet in stream.encode(frame):
                 container.mux(packet)
             count += 1
@@ -70,3 +72,128 @@ def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 
 def _even(value: float) -> int:
     return max(2, int(round(value / 2)) * 2)
+
+
+def transcode_video(data: bytes, *, short_side: int = DEFAULT_SHORT_SIDE,
+                    keyint: int = DEFAULT_KEYINT, crf: int = 23,
+                    preset: str = "veryfast") -> tuple[bytes, dict[str, Any]]:
+    """Re-encode one video (any container PyAV reads) to H.264 .mp4 bytes; video only.
+
+    Every decoded frame is kept and re-timed at the stream's average rate, so the frame count
+    and fps stay; returns ``(mp4 bytes, {num_frames, out_num_frames, out_width, out_height})``.
+    """
+    import av
+
+    with av.open(io.BytesIO(data), "r") as src:
+        if not src.streams.video:
+            raise ValueError("no video stream")
+        stream = src.streams.video[0]
+        stream.codec_context.thread_count = 1  # one core per actor: parallel over videos
+        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        width, height = output_size(stream.codec_context.width, stream.codec_context.height,
+                                    short_side)
+        counted = _Counter(src.decode(stream))
+        sink = io.BytesIO()
+        written = encode_h264(counted, sink, width=width, height=height, fps=rate, keyint=keyint,
+                              crf=crf, preset=preset)
+    return sink.getvalue(), {"num_frames": counted.count, "out_num_frames": written,
+                             "out_width": width, "out_height": height}
+
+
+class _Counter:
+    """Iterates frames and counts them (the source count is compared with what was written)."""
+
+    def __init__(self, frames: Iterable[Any]):
+        self.frames, self.count = frames, 0
+
+    def __iter__(self):
+        for frame in self.frames:
+            self.count += 1
+            yield frame
+
+
+class TranscodeFn:
+    """``map_batches`` callable: read, re-encode and write each video of a pandas batch.
+
+    The output keeps the video's path relative to ``root`` below ``out_root``. A bad video gets
+    a status (missing / empty / undecodable) and an error instead of stopping the job.
+    """
+
+    def __init__(self, *, root: str, out_root: str, short_side: int = DEFAULT_SHORT_SIDE,
+                 keyint: int = DEFAULT_KEYINT, crf: int = 23, preset: str = "veryfast",
+                 endpoint_url: str = ""):
+        self.root, self.out_root, self.endpoint_url = root, out_root, endpoint_url
+        self.options = {"short_side": short_side, "keyint": keyint, "crf": crf, "preset": preset}
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        results = [self._one(uri) for uri in batch["uri"]]
+        return batch.assign(**{c: [r[c] for r in results] for c in TRANSCODE_COLUMNS[1:]})
+
+    def _one(self, uri: str) -> dict[str, Any]:
+        out_uri = storage.join(self.out_root, storage.relative_to(uri, self.root))
+        if not out_uri.lower().endswith(".mp4"):
+            out_uri = out_uri.rsplit(".", 1)[0] + ".mp4"  # the container is always mp4 now
+        result = {"out_uri": out_uri, "status": "ok", "error": "", "num_frames": 0,
+                  "out_num_frames": 0, "out_width": 0, "out_height": 0, "out_size": 0}
+        try:
+            data = storage.read_bytes(uri, endpoint_url=self.endpoint_url)
+        except storage.MissingObjectError as exc:
+            return {**result, "status": "missing", "error": exc.cause}
+        if not data:
+            return {**result, "status": "empty", "error": "zero bytes"}
+        try:
+            encoded, info = transcode_video(data, **self.options)
+        except Exception as exc:  # PyAV raises av.error.* (InvalidDataError, ...) or ValueError
+            return {**result, "status": "undecodable", "error": f"{type(exc).__name__}: {exc}"[:300]}
+        if info["num_frames"] == 0:
+            return {**result, "status": "undecodable", "error": "no frames decoded"}
+        storage.write_bytes(out_uri, encoded, endpoint_url=self.endpoint_url)
+        return {**result, **info, "out_size": len(encoded)}
+
+
+def transcode_dataset(df: pd.DataFrame, *, root: str, out_root: str,
+                      short_side: int = DEFAULT_SHORT_SIDE, keyint: int = DEFAULT_KEYINT,
+                      crf: int = 23, preset: str = "veryfast", endpoint_url: str = "",
+                      concurrency: Optional[int] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Re-encode every video of the manifest below ``out_root`` (Ray Data, CPU actors) and copy
+    ``annotations/`` and list files; returns ``(manifest of the new root, per-video report)``."""
+    import ray
+
+    from nlray.data.probe import _collect, _dataset
+
+    if df.empty:
+        raise ValueError(f"nothing to transcode: the manifest of {root!r} is empty")
+    outside = [u for u in df["uri"] if not u.startswith(root.rstrip("/") + "/")]
+    if outside:
+        raise ValueError(f"{len(outside)} videos are not below root={root!r} (e.g. {outside[0]!r}); "
+                         "transcoding keeps paths relative to the root")
+    fn_kwargs = {"root": root, "out_root": out_root, "short_side": short_side, "keyint": keyint,
+                 "crf": crf, "preset": preset, "endpoint_url": endpoint_url}
+    actors = concurrency or max(1, int(ray.available_resources().get("CPU", 1)))
+    done = _dataset(df, batch_size=2).map_batches(
+        TranscodeFn, fn_constructor_kwargs=fn_kwargs, batch_size=2, batch_format="pandas",
+        num_cpus=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
+    report = _collect(done)
+    copy_annotations(root, out_root, endpoint_url=endpoint_url)
+    ok = report[report["status"] == "ok"]
+    new = ok.assign(uri=ok["out_uri"], size=ok["out_size"], num_frames=ok["out_num_frames"],
+                    width=ok["out_width"], height=ok["out_height"])
+    keep = [c for c in df.columns if c not in ("status", "error")] + ["num_frames", "width",
+                                                                       "height"]
+    new = new[list(dict.fromkeys(keep))].reset_index(drop=True)
+    return new, report[list(TRANSCODE_COLUMNS)]
+
+
+def copy_annotations(root: str, out_root: str, *, endpoint_url: str = "") -> list[str]:
+    """Copy ``annotations/`` and top-level list/label files of a dataset root; returns them."""
+    copied = []
+    for uri, _ in storage.list_files(root, suffixes=None, endpoint_url=endpoint_url):
+        rel = storage.relative_to(uri, root)
+        top_level_list = "/" not in rel and (rel.lower().endswith((".txt", ".csv", ".lst", ".list"))
+                                             or rel in ("labels.json", "classids.json"))
+        if rel.startswith("annotations/") or top_level_list:
+            dest = storage.join(out_root, rel)
+            storage.write_bytes(dest, storage.read_bytes(uri, endpoint_url=endpoint_url),
+                                endpoint_url=endpoint_url)
+            copied.append(dest)
+    return copied

@@ -1,8 +1,10 @@
 """Spatial transforms of uint8 clips [T, H, W, C] (PAPER.md "Training recipe", "Inference").
 
-Train: shorter side scaled to a random size in ``data.train_short_side`` (done at decode time by
-swscale when the backend can; ``short_side_scale`` otherwise), a random ``crop_size`` square crop,
-a horizontal flip with probability 1/2. Eval: shorter side ``eval_short_side``, then ``num_crops``
+Train: shorter side scaled to a random size in ``data.train_short_side``, a random ``crop_size``
+square crop, a horizontal flip with probability 1/2. The pipeline's decoder does the scale and the
+crop while decoding (``nlray.data.decode.Crop``: only the kept square is converted to RGB) and then
+``random_flip``; ``short_side_scale`` / ``random_crop`` / ``train_crop_flip`` are the same steps
+on frames already decoded (the decord backend scales with ``short_side_scale``). Eval: shorter side ``eval_short_side``, then ``num_crops``
 squares of ``eval_crop_size`` spread evenly along the longer side (3: left/centre/right for
 landscape, top/centre/bottom for portrait; 1: centre).
 
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "short_side_scale", "random_crop", "random_flip",
-           "train_crop_flip", "spatial_crops", "normalize_on_device"]
+           "train_crop_flip", "crop_corners", "spatial_crops", "normalize_on_device"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, RGB
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -66,26 +68,25 @@ def train_crop_flip(frames: np.ndarray, *, size: int, rng: np.random.Generator) 
     return np.ascontiguousarray(random_flip(random_crop(frames, size=size, rng=rng), rng=rng))
 
 
+def crop_corners(height: int, width: int, *, size: int, num_crops: int) -> list[tuple[int, int]]:
+    """Top-left (y, x) of ``num_crops`` squares spread evenly along the longer side, centred across."""
+    if size < 1 or size > min(height, width):
+        raise ValueError(f"crop size {size} does not fit frames of {height}x{width} "
+                         "(H x W); crop size must be between 1 and the shorter side")
+    if num_crops < 1:
+        raise ValueError(f"num_crops={num_crops!r} must be >= 1")
+    slack_y, slack_x = height - size, width - size
+    fractions = [0.5] if num_crops == 1 else np.linspace(0.0, 1.0, num_crops)  # along the long side
+    if width >= height:  # landscape: left .. right, centred in y
+        return [(slack_y // 2, int(round(f * slack_x))) for f in fractions]
+    return [(int(round(f * slack_y)), slack_x // 2) for f in fractions]  # portrait: top .. bottom
+
+
 def spatial_crops(frames: np.ndarray, *, size: int, num_crops: int) -> np.ndarray:
     """uint8 [num_crops, T, size, size, C]: squares spread evenly along the longer side."""
     _check_clip(frames)
-    _crop_fits(frames, size)
-    if num_crops < 1:
-        raise ValueError(f"num_crops={num_crops!r} must be >= 1")
-    h, w = frames.shape[1:3]
-    slack_y, slack_x = h - size, w - size
-    if num_crops == 1:
-        offsets = [0.5]  # the centre
-    else:
-        offsets = np.linspace(0.0, 1.0, num_crops)  # first, ..., last position along the long side
-    crops = []
-    for f in offsets:
-        if w >= h:  # landscape: move along x, centred in y
-            y, x = slack_y // 2, int(round(f * slack_x))
-        else:  # portrait: move along y, centred in x
-            y, x = int(round(f * slack_y)), slack_x // 2
-        crops.append(frames[:, y:y + size, x:x + size])
-    return np.stack(crops)  # (num_crops, T, size, size, C)
+    corners = crop_corners(frames.shape[1], frames.shape[2], size=size, num_crops=num_crops)
+    return np.stack([frames[:, y:y + size, x:x + size] for y, x in corners])  # (crops, T, s, s, C)
 
 
 def normalize_on_device(batch: torch.Tensor, *, dtype: torch.dtype = torch.float32,

@@ -1,0 +1,231 @@
+"""Training clips delivered per second end to end: S3 endpoint -> Ray Data decoders -> consumer.
+
+    python jobs/bench_ingest.py            # full: 1 and 2 decoder CPUs, ~3-5 minutes on 2 cores
+    python jobs/bench_ingest.py --quick    # smoke: tiny videos, a few clips
+
+What runs (all real, on this machine):
+- a ``moto_server`` S3 endpoint on 127.0.0.1, started here and stopped by its pid;
+- Kinetics-like videos in the prepared form (shorter side 256, keyframe every 32, H.264 as
+  ``nlray.data.transcode`` writes them) uploaded to it, listed in a manifest;
+- ``build_train_dataset`` (32x2 clips, shorter side in [256, 320], 224 crop, flip) with N decoder
+  actors of 1 CPU each, read by ``iter_torch_batches`` on the driver, as a trainer would;
+- baseline: a torch ``DataLoader`` with N worker processes whose ``__getitem__`` does exactly the same
+  work (``ClipDecoder.clip``: fetch from S3, sample, decode, crop, flip), same batch size.
+
+Rate = clips / seconds from the first batch to the last (steady state: start-up of actors or
+workers is reported separately as ``first_batch_s``). Each configuration runs ``--repeats`` times,
+alternating Ray Data and DataLoader; the best run of each is compared (the machine is shared).
+Records: ``ingest/{1,2}cpu/vs_dataloader`` (Ray Data / DataLoader), ``ingest/ray_data/scaling_1to2``
+and ``ingest/dataloader/scaling_1to2`` (speedup = rate(2) / rate(1), efficiency = speedup / 2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nlray.config import DataConfig  # noqa: E402
+from nlray.data.pipeline import ClipDecoder, build_train_dataset  # noqa: E402
+
+FAKE_AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+# ------------------------------------------------------------------------------- S3 endpoint
+
+
+def start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
+    """A moto_server on a free 127.0.0.1 port, in its own process group; (process, url)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).parent / "moto_server"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {proc.returncode}; see {log_path}")
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=2)
+            return proc, url
+        except OSError:
+            time.sleep(0.2)
+    stop(proc)
+    raise RuntimeError(f"moto_server did not serve {url} within 60 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop the server we started, by its own process group (pid == pgid: start_new_session)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def make_videos(bucket: str, *, count: int, width: int, height: int, seconds: float, tmp: Path) -> list[str]:
+    """Prepared-form videos (transcode's encoder and keyframe interval) uploaded; their URIs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_decode import render_frames
+
+    from nlray.data import storage, transcode
+
+    uris = []
+    for v in range(count):
+        path = tmp / f"v{v}.mp4"
+        transcode.encode_h264(render_frames(width=width, height=height, num_frames=int(30 * seconds), seed=v),
+                              str(path), width=width, height=height, fps=30, keyint=transcode.DEFAULT_KEYINT)
+        uri = f"s3://{bucket}/train/v{v}.mp4"
+        storage.write_bytes(uri, path.read_bytes())
+        uris.append(uri)
+    return uris
+
+
+# ---------------------------------------------------------------------------------- consumers
+
+
+class ClipDataset:
+    """torch map-style dataset doing ClipDecoder's work per item (decoder made in each worker)."""
+
+    def __init__(self, uris: list[str], labels: list[int], decoder_kwargs: dict):
+        self.uris, self.labels, self.kwargs = uris, labels, decoder_kwargs
+        self._decoder: Optional[ClipDecoder] = None
+
+    def __len__(self) -> int:
+        return len(self.uris)
+
+    def __getitem__(self, i: int) -> dict:
+        if self._decoder is None:  # after the fork: each worker its own generator
+            self._decoder = ClipDecoder(**self.kwargs)
+        return {"video": self._decoder.clip(self.uris[i]), "label": self.labels[i]}
+
+
+def timed_epoch(batches) -> dict:
+    """Consume an iterator of batches; steady-state clips/s from the first batch to the last."""
+    t0 = time.perf_counter()
+    first_t, first_n, n = None, 0, 0
+    for b in batches:
+        k = len(b["label"])
+        assert b["video"].dtype.itemsize == 1  # uint8 travelled
+        n += k
+        if first_t is None:
+            first_t, first_n = time.perf_counter(), k
+    end = time.perf_counter()
+    return {"clips": n, "first_batch_s": round(first_t - t0, 2),
+            "rate": (n - first_n) / max(end - first_t, 1e-9), "total_rate": n / (end - t0)}
+
+
+def ray_epoch(df, cfg: DataConfig, batch: int) -> dict:
+    ds = build_train_dataset(df, cfg, log_name="bench_ingest")
+    return timed_epoch(ds.iter_torch_batches(batch_size=batch))
+
+
+def loader_epoch(df, cfg: DataConfig, batch: int, workers: int) -> dict:
+    import torch
+
+    kwargs = dict(frames=cfg.frames, stride=cfg.frame_stride, short_side=tuple(cfg.train_short_side),
+                  crop_size=cfg.crop_size, backend=cfg.backend, log_name="unused")
+    data = ClipDataset(df.uri.tolist(), df.label_id.tolist(), kwargs)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, num_workers=workers,
+                                         prefetch_factor=2)
+    return timed_epoch(loader)
+
+
+# ------------------------------------------------------------------------------------- main
+
+
+def emit(name: str, a: dict, b: dict, **extra) -> dict:
+    rec = {"name": name, "speedup": round(a["rate"] / b["rate"], 3), "clips_per_s": round(a["rate"], 2),
+           "baseline_clips_per_s": round(b["rate"], 2), **extra}
+    print(json.dumps(rec), flush=True)
+    return rec
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    import boto3
+    import pandas as pd
+    import ray
+    import torch
+
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_ingest_"))
+    proc, url = start_moto(tmp / "moto.log")
+    os.environ.update(FAKE_AWS, AWS_ENDPOINT_URL=url)  # DataLoader workers and Ray workers inherit
+    try:
+        boto3.client("s3", endpoint_url=url).create_bucket(Bucket="bench")
+        geo = (dict(width=160, height=96, seconds=2) if args.quick else dict(width=456, height=256, seconds=10))
+        uris = make_videos("bench", count=args.videos, tmp=tmp, **geo)
+        rows = [uris[i % len(uris)] for i in range(args.clips)]  # an epoch of --clips rows
+        df = pd.DataFrame({"uri": rows, "label_id": [i % 4 for i in range(len(rows))], "split": "train"})
+        sides = ([96, 112], 80) if args.quick else ([256, 320], 224)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {**FAKE_AWS, "AWS_ENDPOINT_URL": url}})
+        best: dict = {}
+        for rep in range(args.repeats):
+            for n in (1, 2):
+                cfg = DataConfig(frames=32, frame_stride=2, train_short_side=sides[0], crop_size=sides[1],
+                                 decode_actors=n, decode_cpus=1.0, decode_batch=2, s3_endpoint_url=url)
+                for kind, fn in (("ray", lambda: ray_epoch(df, cfg, args.batch)),
+                                 ("loader", lambda: loader_epoch(df, cfg, args.batch, n))):
+                    r = fn()
+                    print(f"# {kind} {n} cpu: {r}", file=sys.stderr, flush=True)
+                    if (kind, n) not in best or r["rate"] > best[kind, n]["rate"]:
+                        best[kind, n] = r
+        info = {"clips_per_epoch": len(df), "batch": args.batch, "videos": args.videos,
+                "video": f"{geo['width']}x{geo['height']} 30fps {geo['seconds']}s keyint32",
+                "repeats": args.repeats, "host_cpus": os.cpu_count()}
+        out = [emit(f"ingest/{n}cpu/vs_dataloader", best["ray", n], best["loader", n],
+                    first_batch_s=best["ray", n]["first_batch_s"],
+                    baseline_first_batch_s=best["loader", n]["first_batch_s"], **info) for n in (1, 2)]
+        for kind, label in (("ray", "ray_data"), ("loader", "dataloader")):
+            two, one = best[kind, 2], best[kind, 1]
+            out.append(emit(f"ingest/{label}/scaling_1to2", two, one,
+                            efficiency=round(two["rate"] / one["rate"] / 2, 3), **info))
+        return out
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        stop(proc)
+
+
+def _exit_on_sigterm(signum, frame):  # so that `finally` stops the servers we started
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Optional[list[str]] = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny videos, few clips, one repeat (smoke test)")
+    p.add_argument("--videos", type=int, default=None, help="distinct videos (default 6; quick 2)")
+    p.add_argument("--clips", type=int, default=None, help="clips per epoch (default 96; quick 8)")
+    p.add_argument("--batch", type=int, default=8, help="clips per consumer batch")
+    p.add_argument("--repeats", type=int, default=None, help="runs per configuration (default 2; quick 1)")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.videos = args.videos or (2 if quick else 6)
+    args.clips = args.clips or (8 if quick else 96)
+    args.repeats = args.repeats or (1 if quick else 2)
+    if quick:
+        args.batch = min(args.batch, 2)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    return run(args)
+
+
+if __name__ == "__main__":
+    main()

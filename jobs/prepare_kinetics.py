@@ -1,0 +1,127 @@
+"""Build the manifest of a Kinetics-style dataset (and optionally probe / transcode its videos).
+
+    python jobs/prepare_kinetics.py --root s3://my-bucket/kinetics400 \
+        --out s3://my-bucket/kinetics400/manifest.parquet --probe
+    python jobs/prepare_kinetics.py --root s3://my-bucket/kinetics400 \
+        --transcode s3://my-bucket/k400-256 --short-side 256 --keyint 32 \
+        --out s3://my-bucket/k400-256/manifest.parquet
+    ray job submit --working-dir . -- python jobs/prepare_kinetics.py --root ... --out ... --probe
+
+--root is the official layout (annotations/{train,validate,test}.csv + train/ val/ test/ videos,
+flat or per class), a folder with `path label` lists (train.txt, val.txt, ...) or one list file.
+--out receives the manifest you train on (data.root=...parquet), labels.json and missing.txt
+(annotated videos that do not exist: left out, counted on stdout). With --transcode the videos are
+re-encoded below OUT_URI (same relative paths, annotations copied) and --out describes the new
+copies; failures are listed in transcode_report.csv beside --out. With --probe every video is
+opened once in parallel (Ray Data) and the manifest gets status / num_frames / fps / width / height.
+The last line printed is a JSON summary.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--root", required=True, help="dataset root or list file (s3://, file://, path)")
+    p.add_argument("--out", required=True, help="manifest to write (.parquet; local or s3://)")
+    p.add_argument("--probe", action="store_true", help="open every video; add a status column")
+    p.add_argument("--min-frames", type=int, default=1, help="--probe: fewer frames = too_short")
+    p.add_argument("--transcode", metavar="OUT_URI", default="",
+                   help="re-encode every video to H.264 below OUT_URI (same layout)")
+    p.add_argument("--short-side", type=int, default=256, help="--transcode: shorter side (never up)")
+    p.add_argument("--keyint", type=int, default=32, help="--transcode: frames between keyframes")
+    p.add_argument("--crf", type=int, default=23, help="--transcode: x264 quality (lower = better)")
+    p.add_argument("--x264-preset", default="veryfast", help="--transcode: x264 speed preset")
+    p.add_argument("--endpoint-url", default="", help="S3-compatible endpoint (else AWS_ENDPOINT_URL[_S3])")
+    p.add_argument("--ray-address", default="", help="Ray cluster (default: RAY_ADDRESS or local)")
+    p.add_argument("--concurrency", type=int, default=0, help="max actors (0: the cluster's CPUs)")
+    args = p.parse_args(argv)
+    if not args.out.endswith(".parquet"):
+        p.error(f"--out {args.out!r} must end with .parquet")
+    if args.short_side < 2 or args.keyint < 1 or args.min_frames < 0:
+        p.error(f"--short-side {args.short_side} must be >= 2, --keyint {args.keyint} >= 1, "
+                f"--min-frames {args.min_frames} >= 0")
+    return args
+
+
+def ensure_ray(address: str) -> None:
+    """Reuse a connected Ray (tests, ray job submit), else connect/start one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address or None, log_to_driver=False)
+
+
+def transcode(args: argparse.Namespace, df):
+    """Re-encode below --transcode; returns the new manifest and the failed rows."""
+    from nlray.data import storage
+    from nlray.data.transcode import transcode_dataset
+
+    ensure_ray(args.ray_address)
+    new, report = transcode_dataset(df, root=args.root, out_root=args.transcode,
+                                    short_side=args.short_side, keyint=args.keyint, crf=args.crf,
+                                    preset=args.x264_preset, endpoint_url=args.endpoint_url,
+                                    concurrency=args.concurrency or None)
+    failed = report[report["status"] != "ok"]
+    folder = args.out.rsplit("/", 1)[0] if "/" in args.out else "."
+    buf = io.StringIO()
+    failed.to_csv(buf, index=False)
+    storage.write_bytes(storage.join(folder, "transcode_report.csv"), buf.getvalue().encode(),
+                        endpoint_url=args.endpoint_url)
+    return new, failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from nlray.data.manifest import build_manifest, write_manifest
+
+    start = time.perf_counter()
+    df, labels, missing = build_manifest(args.root, endpoint_url=args.endpoint_url)
+    print(f"{len(df)} videos, {len(labels)} classes, {len(missing)} annotated videos missing")
+    summary: dict = {"root": args.root, "videos": len(df), "classes": len(labels),
+                     "missing": len(missing), "splits": df["split"].value_counts().to_dict()}
+    if args.transcode:
+        df, failed = transcode(args, df)
+        print(f"transcoded {len(df)} videos to {args.transcode}; {len(failed)} failed")
+        summary.update(transcoded=len(df), transcode_failed=failed["status"].value_counts().to_dict())
+    if args.probe:
+        from nlray.data.probe import probe_manifest
+
+        ensure_ray(args.ray_address)
+        df = probe_manifest(df, endpoint_url=args.endpoint_url, min_frames=args.min_frames,
+                            concurrency=args.concurrency or None)
+        summary["status"] = df["status"].value_counts().to_dict()
+        print("probe: " + ", ".join(f"{k} {v}" for k, v in summary["status"].items()))
+    written = write_manifest(df, labels, args.out, missing=missing, endpoint_url=args.endpoint_url)
+    if args.transcode:  # the new root describes itself too
+        from nlray.data import storage
+
+        write_manifest(df, labels, storage.join(args.transcode, "manifest.parquet"),
+                       endpoint_url=args.endpoint_url)
+    if missing:
+        print(f"missing videos listed in {written['missing']}")
+    summary.update(files=written, seconds=round(time.perf_counter() - start, 2))
+    print(json.dumps(summary))
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``main`` with bad input (a missing root, no access, a malformed CSV) as one clear line."""
+    from nlray.data.manifest import ManifestError
+    from nlray.data.storage import StorageError
+
+    try:
+        return main(argv)
+    except (StorageError, ManifestError) as exc:
+        print(f"prepare_kinetics: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,370 @@
+"""C2D and I3D ResNet-50/101 with non-local blocks (Wang et al., CVPR 2018, PAPER.md Table 1).
+
+One generic ``ResNet3D``; the architectures are data (the tables below) and short builders
+(``c2d_resnet``, ``i3d_resnet``, ``i3d3x3x3_resnet``). Module names follow torchvision's ResNet
+(conv1, bn1, layer1..layer4, fc; a stage's residual blocks in ``layerK.blocks``, its non-local
+blocks in ``layerK.nl_blocks``), so ImageNet weights map over one to one (``inflate.py``).
+
+Stages are named as in the paper: res2..res5 = layer1..layer4. For a 32×224×224 clip the outputs are
+conv1 16×112×112, pool1 8×56×56, res2 8×56×56, pool2 4×56×56, res3 4×28×28, res4 4×14×14, res5 4×7×7.
+No weight depends on the number of frames: a 32-frame model's state dict loads into a 128-frame one.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from nlray.models.nonlocal_block import NonLocalBlock, check_choice
+
+STAGES = (2, 3, 4, 5)  # res2..res5
+STAGE_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}  # residual blocks per stage
+EXPANSION = 4  # bottleneck output = 4 x its inner width
+STAGE_WIDTH = (1, 2, 4, 8)  # inner width of res2..res5 in units of `width` (64: 64, 128, 256, 512)
+
+# I3D temporal-kernel masks: 1 = this block's temporal conv is 3 frames wide. Each stage's pattern is
+# repeated to its depth, which gives Caffe2's R50 masks exactly and alternates in R101's 23-block res4.
+I3D_TEMPORAL_PATTERN = {
+    2: (1,),  # res2: (1, 1, 1)
+    3: (1, 0),  # res3: (1, 0, 1, 0)
+    4: (1, 0),  # res4: (1, 0, 1, 0, 1, 0); R101: 1, 0, ... 1 (12 of 23)
+    5: (0, 1),  # res5: (0, 1, 0)
+}
+
+# Non-local placements: (stage, index of the residual block it follows), 0-based (PAPER.md "Placement").
+NONLOCAL_PLACEMENTS = {
+    (50, 1): ((4, 4),),  # just before the last residual block of res4
+    (50, 5): ((3, 1), (3, 3), (4, 1), (4, 3), (4, 5)),  # every other block of res3 (2) and res4 (3)
+    (50, 10): tuple((3, i) for i in range(4)) + tuple((4, i) for i in range(6)),  # every res3/res4 block
+    (101, 1): ((4, 21),),  # just before the last residual block of res4
+    (101, 5): ((3, 1), (3, 3), (4, 6), (4, 13), (4, 20)),  # Caffe2: res4 every 7th block
+    # Not given in PAPER.md ("the corresponding residual blocks"): every res3 block as in R50, and six
+    # res4 blocks spread every 4th so that, as in R50's 10, the last one follows res4's last block.
+    (101, 10): tuple((3, i) for i in range(4)) + ((4, 2), (4, 6), (4, 10), (4, 14), (4, 18), (4, 22)),
+}
+
+# Max pools after conv1 and after res2: (kernel, stride, padding) as (t, h, w).
+POOLS = {
+    "paper": (((3, 3, 3), (2, 2, 2), (1, 1, 1)), ((3, 1, 1), (2, 1, 1), (1, 0, 0))),  # Table 1
+    "caffe2": (((2, 3, 3), (2, 2, 2), (0, 1, 1)), ((2, 1, 1), (2, 1, 1), (0, 0, 0))),  # released code
+}
+TEMPORAL_PADDING = ("zeros", "replicate")
+
+
+class ReplicateTimeConv3d(nn.Conv3d):
+    """Conv3d that repeats the first/last frame for its temporal padding (space: zeros, as usual).
+
+    With it, an inflated network sees a clip of identical frames as one image at every frame,
+    borders included; zero padding (the paper's, Caffe2's) makes the border frames differ.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int, int], *,
+                 stride: Any = 1, padding: tuple[int, int, int] = (0, 0, 0), bias: bool = False):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
+                         padding=(0, padding[1], padding[2]), bias=bias)
+        self.time_pad = padding[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.time_pad:
+            x = F.pad(x, (0, 0, 0, 0, self.time_pad, self.time_pad), mode="replicate")  # T + 2·pad frames
+        return super().forward(x)
+
+
+def _conv(conv_cls: type, cin: int, cout: int, kernel: tuple[int, int, int], stride: Any = 1) -> nn.Conv3d:
+    """A bias-free conv with 'same' padding for odd kernels."""
+    return conv_cls(cin, cout, kernel, stride=stride, padding=tuple(k // 2 for k in kernel), bias=False)
+
+
+class Bottleneck(nn.Module):
+    """1×1, 3×3, 1×1 (+ shortcut), stride on the 3×3 (torchvision's ResNet v1.5).
+
+    ``temporal_kernels`` = (first, middle): (1, 1) C2D, (3, 1) I3D₃ₓ₁ₓ₁, (1, 3) I3D₃ₓ₃ₓ₃.
+    """
+
+    def __init__(self, in_channels: int, inner: int, *, stride: int = 1,
+                 temporal_kernels: tuple[int, int] = (1, 1), conv_cls: type = nn.Conv3d):
+        super().__init__()
+        kt1, kt2 = temporal_kernels
+        out = inner * EXPANSION
+        self.conv1 = _conv(conv_cls, in_channels, inner, (kt1, 1, 1))
+        self.bn1 = nn.BatchNorm3d(inner)
+        self.conv2 = _conv(conv_cls, inner, inner, (kt2, 3, 3), stride=(1, stride, stride))
+        self.bn2 = nn.BatchNorm3d(inner)
+        self.conv3 = _conv(nn.Conv3d, inner, out, (1, 1, 1))
+        self.bn3 = nn.BatchNorm3d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_channels != out:
+            self.downsample = nn.Sequential(_conv(nn.Conv3d, in_channels, out, (1, 1, 1), (1, stride, stride)),
+                                            nn.BatchNorm3d(out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        return self.relu(self.bn3(self.conv3(y)) + shortcut)
+
+
+@contextlib.contextmanager
+def _keep_bn_statistics(module: nn.Module) -> Iterator[None]:
+    """Recomputation under checkpointing must not update BN running statistics a second time."""
+    saved = [(m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, mean, var, count in saved:
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+
+
+def _checkpoint_contexts(module: nn.Module) -> tuple[Any, Any]:
+    return contextlib.nullcontext(), _keep_bn_statistics(module)
+
+
+class ResStage(nn.Module):
+    """Residual blocks of one stage, each optionally followed by a non-local block."""
+
+    def __init__(self, blocks: Sequence[nn.Module], nonlocal_blocks: Mapping[int, nn.Module]):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.nl_blocks = nn.ModuleDict({str(i): m for i, m in sorted(nonlocal_blocks.items())})
+        self.activation_checkpointing = False
+
+    def _run(self, module: nn.Module, x: Tensor) -> Tensor:
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(module, x, use_reentrant=False,
+                              context_fn=functools.partial(_checkpoint_contexts, module))
+        return module(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, block in enumerate(self.blocks):
+            x = self._run(block, x)
+            if str(i) in self.nl_blocks:
+                x = self._run(self.nl_blocks[str(i)], x)
+        return x
+
+
+class ResNet3D(nn.Module):
+    """A bottleneck ResNet on clips [B, 3, T, H, W] -> logits [B, num_classes] (PAPER.md Table 1).
+
+    ``temporal_kernels[s][b]`` = (first, middle) temporal kernel of block b of stage res(s+2): its
+    lengths are the stage depths. ``nonlocal_placement`` lists (stage 2..5, block index) pairs; each
+    non-local block gets ``nonlocal_options`` (NonLocalBlock keywords), and res3's also
+    ``res3_temporal_groups``. ``pool_variant``: "paper" (Table 1) or "caffe2" pools.
+    ``temporal_padding``: "zeros" (paper, Caffe2) or "replicate" (ReplicateTimeConv3d).
+    ``activation_checkpointing``: recompute each residual / non-local block in the backward.
+    """
+
+    def __init__(self, *, temporal_kernels: Sequence[Sequence[tuple[int, int]]], conv1_t: int = 1,
+                 width: int = 64, num_classes: int = 400, nonlocal_placement: Sequence[tuple[int, int]] = (),
+                 nonlocal_options: Optional[Mapping[str, Any]] = None, res3_temporal_groups: int = 1,
+                 pool_variant: str = "paper", dropout: float = 0.5, temporal_padding: str = "zeros",
+                 activation_checkpointing: bool = False):
+        super().__init__()
+        check_choice("pool_variant", pool_variant, tuple(POOLS))
+        check_choice("temporal_padding", temporal_padding, TEMPORAL_PADDING)
+        if len(temporal_kernels) != len(STAGES) or min(map(len, temporal_kernels)) < 1:
+            raise ValueError(f"temporal_kernels needs 4 stages of >= 1 block, got depths "
+                             f"{[len(s) for s in temporal_kernels]}")
+        placement = check_placement(nonlocal_placement, [len(s) for s in temporal_kernels])
+        conv_cls = ReplicateTimeConv3d if temporal_padding == "replicate" else nn.Conv3d
+        pool1, pool2 = POOLS[pool_variant]
+        self.conv1 = conv_cls(3, width, (conv1_t, 7, 7), stride=(2, 2, 2), padding=(conv1_t // 2, 3, 3),
+                              bias=False)
+        self.bn1 = nn.BatchNorm3d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool1 = nn.MaxPool3d(*pool1)
+        self.pool2 = nn.MaxPool3d(*pool2)
+        in_ch, stages = width, []
+        for s, (stage, kernels) in enumerate(zip(STAGES, temporal_kernels)):
+            options = dict(nonlocal_options or {})
+            if stage == 3:  # Caffe2's 128-frame trick applies to res3 only
+                options["temporal_groups"] = res3_temporal_groups
+            stages.append(_make_stage(in_ch, width * STAGE_WIDTH[s], kernels, stride=1 if s == 0 else 2,
+                                      conv_cls=conv_cls, nonlocal_at=[b for st, b in placement if st == stage],
+                                      nonlocal_options=options))
+            in_ch = width * STAGE_WIDTH[s] * EXPANSION
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_ch, num_classes)
+        self._init_weights()
+        self.set_activation_checkpointing(activation_checkpointing)
+
+    def _init_weights(self) -> None:
+        """torchvision's ResNet init for the backbone; non-local blocks keep their own (zero BN gamma)."""
+        nl = {id(m) for stage in self.stages() for blk in stage.nl_blocks.values() for m in blk.modules()}
+        for m in self.modules():
+            if id(m) in nl:
+                continue
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm3d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def stages(self) -> tuple[ResStage, ...]:
+        """res2..res5."""
+        return self.layer1, self.layer2, self.layer3, self.layer4
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Recompute each residual / non-local block in the backward (training mode only)."""
+        for stage in self.stages():
+            stage.activation_checkpointing = enabled
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """[B, 3, T, H, W] -> res5 features [B, 32·width, T/8, H/32, W/32]."""
+        x = self.pool1(self.relu(self.bn1(self.conv1(x))))  # [B, width, T/4, H/4, W/4]
+        x = self.pool2(self.layer1(x))  # [B, 4·width, T/8, H/4, W/4]
+        return self.layer4(self.layer3(self.layer2(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.forward_features(x).mean(dim=(2, 3, 4))  # global average pool: [B, 32·width]
+        return self.fc(self.dropout(x))  # [B, num_classes]
+
+
+def _make_stage(in_ch: int, inner: int, kernels: Sequence[tuple[int, int]], *, stride: int, conv_cls: type,
+                nonlocal_at: Sequence[int], nonlocal_options: Mapping[str, Any]) -> ResStage:
+    blocks = [Bottleneck(in_ch if i == 0 else inner * EXPANSION, inner, stride=stride if i == 0 else 1,
+                         temporal_kernels=tuple(k), conv_cls=conv_cls) for i, k in enumerate(kernels)]
+    nl = {i: NonLocalBlock(inner * EXPANSION, **nonlocal_options) for i in nonlocal_at}
+    return ResStage(blocks, nl)
+
+
+def check_placement(placement: Sequence[Sequence[int]], depths: Sequence[int]) -> list[tuple[int, int]]:
+    """[(stage, block)] validated against the stage depths; ValueError names the bad pair."""
+    out = []
+    for pair in placement:
+        if len(pair) != 2:
+            raise ValueError(f"non-local placement {list(pair)!r} must be [stage, block]")
+        stage, block = int(pair[0]), int(pair[1])
+        if stage not in STAGES:
+            raise ValueError(f"non-local placement {[stage, block]}: stage {stage} is not one of {list(STAGES)}")
+        if not 0 <= block < depths[stage - 2]:
+            raise ValueError(f"non-local placement {[stage, block]}: res{stage} has blocks "
+                             f"0..{depths[stage - 2] - 1}")
+        out.append((stage, block))
+    if len(set(out)) != len(out):
+        raise ValueError(f"non-local placement {[list(p) for p in placement]} repeats a position")
+    return out
+
+
+def nonlocal_placement(depth: int, blocks: int) -> tuple[tuple[int, int], ...]:
+    """The paper's placement of 0 / 1 / 5 / 10 non-local blocks in ResNet-``depth``."""
+    if blocks == 0:
+        return ()
+    if (depth, blocks) not in NONLOCAL_PLACEMENTS:
+        raise ValueError(f"no placement table for {blocks} non-local blocks in ResNet-{depth}; tables: "
+                         f"{sorted(NONLOCAL_PLACEMENTS)} (or give an explicit [[stage, block], ...])")
+    return NONLOCAL_PLACEMENTS[(depth, blocks)]
+
+
+def stage_depths_for(depth: int, stage_depths: Optional[Sequence[int]] = None) -> tuple[int, ...]:
+    """The depth table's stages, or an explicit override of four depths."""
+    if stage_depths is not None:
+        if len(stage_depths) != 4 or min(stage_depths) < 1:
+            raise ValueError(f"stage_depths={list(stage_depths)!r} must be 4 depths >= 1")
+        return tuple(stage_depths)
+    check_choice("depth", depth, tuple(STAGE_DEPTHS))
+    return STAGE_DEPTHS[depth]
+
+
+def i3d_masks(depths: Sequence[int]) -> list[tuple[int, ...]]:
+    """Per stage, 1 where a block gets a 3-frame kernel (I3D_TEMPORAL_PATTERN repeated to the depth)."""
+    return [tuple(I3D_TEMPORAL_PATTERN[st][i % len(I3D_TEMPORAL_PATTERN[st])] for i in range(d))
+            for st, d in zip(STAGES, depths)]
+
+
+def _build(*, conv1_t: int, inflate: Optional[int], depth: int, stage_depths: Optional[Sequence[int]],
+           nonlocal_blocks: int, nonlocal_placement_: Optional[Sequence[Sequence[int]]],
+           **kwargs: Any) -> ResNet3D:
+    depths = stage_depths_for(depth, stage_depths)
+    masks = i3d_masks(depths)
+    # (first, middle) temporal kernels: 3 on the conv `inflate` names (0 first, 1 middle) where masked
+    kernels = [[tuple(3 if inflate == pos and m else 1 for pos in (0, 1)) for m in stage] for stage in masks]
+    placement = nonlocal_placement_ if nonlocal_placement_ is not None else nonlocal_placement(depth, nonlocal_blocks)
+    return ResNet3D(temporal_kernels=kernels, conv1_t=conv1_t, nonlocal_placement=placement, **kwargs)
+
+
+def c2d_resnet(*, depth: int = 50, stage_depths: Optional[Sequence[int]] = None, nonlocal_blocks: int = 0,
+               nonlocal_placement: Optional[Sequence[Sequence[int]]] = None, **kwargs: Any) -> ResNet3D:
+    """C2D ResNet (Wang et al. 2018, Table 1): every conv 1×k×k (conv1 1×7×7); only pooling mixes time.
+
+    ``nonlocal_blocks`` 1 / 5 / 10 places them as the paper does (NONLOCAL_PLACEMENTS), or
+    ``nonlocal_placement`` lists [stage, block] pairs. Other keywords go to ``ResNet3D``.
+    """
+    return _build(conv1_t=1, inflate=None, depth=depth, stage_depths=stage_depths,
+                  nonlocal_blocks=nonlocal_blocks, nonlocal_placement_=nonlocal_placement, **kwargs)
+
+
+def i3d_resnet(*, depth: int = 50, stage_depths: Optional[Sequence[int]] = None, nonlocal_blocks: int = 0,
+               nonlocal_placement: Optional[Sequence[Sequence[int]]] = None, **kwargs: Any) -> ResNet3D:
+    """I3D₃ₓ₁ₓ₁ ResNet (Wang et al. 2018, Table 1 / Sec. 4): conv1 5×7×7; a bottleneck's first 1×1
+    becomes 3×1×1 where the I3D mask says so (every other block, Caffe2's masks). Keywords as c2d_resnet.
+    """
+    return _build(conv1_t=5, inflate=0, depth=depth, stage_depths=stage_depths,
+                  nonlocal_blocks=nonlocal_blocks, nonlocal_placement_=nonlocal_placement, **kwargs)
+
+
+def i3d3x3x3_resnet(*, depth: int = 50, stage_depths: Optional[Sequence[int]] = None, nonlocal_blocks: int = 0,
+                    nonlocal_placement: Optional[Sequence[Sequence[int]]] = None, **kwargs: Any) -> ResNet3D:
+    """I3D₃ₓ₃ₓ₃ ResNet (Wang et al. 2018, Table 2e): as i3d_resnet but the masked blocks inflate the
+    3×3 to 3×3×3 instead of the first 1×1 (about 1.8x the FLOPs of C2D). Keywords as c2d_resnet.
+    """
+    return _build(conv1_t=5, inflate=1, depth=depth, stage_depths=stage_depths,
+                  nonlocal_blocks=nonlocal_blocks, nonlocal_placement_=nonlocal_placement, **kwargs)
+
+
+BUILDERS = {"c2d": c2d_resnet, "i3d": i3d_resnet, "i3d3x3x3": i3d3x3x3_resnet}
+
+
+class FrozenBatchNorm3d(nn.Module):
+    """BatchNorm3d as a fixed affine map from its statistics: buffers only, nothing to train.
+
+    Its state dict has BatchNorm3d's keys, so checkpoints load into either form.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.BatchNorm3d) -> "FrozenBatchNorm3d":
+        frozen = cls(bn.num_features, bn.eps).to(device=bn.running_mean.device, dtype=bn.running_mean.dtype)
+        with torch.no_grad():
+            for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                src = getattr(bn, name)
+                if src is not None:
+                    getattr(frozen, name).copy_(src.detach())
+        return frozen
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()  # [C]
+        shift = self.bias - self.running_mean * scale  # [C]
+        shape = (1, -1) + (1,) * (x.dim() - 2)  # broadcast over [B, C, T, H, W]
+        return x * scale.to(x.dtype).view(shape) + shift.to(x.dtype).view(shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, eps={self.eps}"
+
+
+def freeze_batchnorm(model: nn.Module) -> nn.Module:
+    """Replace every BatchNorm3d by a FrozenBatchNorm3d in place (the paper's 128-frame recipe)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.BatchNorm3d):
+                setattr(parent, name, FrozenBatchNorm3d.from_batchnorm(child))
+    return model

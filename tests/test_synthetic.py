@@ -1,0 +1,177 @@
+"""The synthetic dataset: real H.264 files in the official layout whose class is recoverable from
+motion, checked by decoding every frame with PyAV and measuring the blob independently."""
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import av
+import boto3
+import numpy as np
+import pytest
+
+from nlray.data import synthetic
+from nlray.data.synthetic import CLASSES, TINY_SPEC, SyntheticSpec
+
+HEADER = ["label", "youtube_id", "time_start", "time_end", "split"]
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic") / "tiny"
+    assert synthetic.make_dataset(str(root), TINY_SPEC) == str(root)
+    return root
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == HEADER
+        return list(reader)
+
+
+def decode_all(path) -> tuple[np.ndarray, str, float]:
+    """Every frame (RGB uint8 [T, H, W, 3]), the codec name and the stream's frame rate."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        return np.stack(frames), stream.codec_context.name, float(stream.average_rate)
+
+
+def blob_masks(frames: np.ndarray) -> np.ndarray:
+    """Pixels that differ from the per-pixel temporal median (the static background)."""
+    video = frames.astype(np.float32)
+    return np.abs(video - np.median(video, axis=0)).sum(-1) > 60
+
+
+def centroid(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()])
+
+
+def test_layout_csvs_and_files_agree(tiny_root):
+    rows = {split: read_csv(tiny_root / "annotations" / f"{split}.csv")
+            for split in ("train", "validate")}
+    expected = set()
+    for split, folder in (("train", "train"), ("validate", "val")):
+        assert {r["split"] for r in rows[split]} == {split}
+        for r in rows[split]:
+            expected.add(f"{folder}/{r['label']}/{r['youtube_id']}_{int(r['time_start']):06d}_"
+                         f"{int(r['time_end']):06d}.mp4")
+    found = {p.relative_to(tiny_root).as_posix() for p in tiny_root.rglob("*.mp4")}
+    assert found == expected and len(found) == len(rows["train"]) + len(rows["validate"])
+    # Balanced classes: every class has per_class train and val_per_class val videos.
+    assert Counter(r["label"] for r in rows["train"]) == {c: TINY_SPEC.per_class
+                                                         for c in TINY_SPEC.classes}
+    assert Counter(r["label"] for r in rows["validate"]) == {c: TINY_SPEC.val_per_class
+                                                            for c in TINY_SPEC.classes}
+    assert len({r["youtube_id"] for split in rows.values() for r in split}) == len(found)
+    assert (tiny_root / synthetic.MARKER).is_file()
+    assert not list(tiny_root.parent.glob(".tiny.tmp-*"))  # the temp folder was renamed away
+
+
+def test_videos_are_h264_and_motion_gives_the_label(tiny_root):
+    sizes, rates = set(), set()
+    for path in sorted(tiny_root.rglob("*.mp4")):
+        label = path.parent.name
+        frames, codec, fps = decode_all(path)
+        assert codec == "h264"
+        t, h, w, _ = frames.shape
+        assert t >= 64 and h % 2 == 0 and w % 2 == 0
+        sizes.add((w, h))
+        rates.add(round(fps))
+        masks = blob_masks(frames)
+        # First and last few frames: where the blob starts and ends.
+        start, end = centroid(masks[:3].any(0)), centroid(masks[-3:].any(0))
+        axis = 0 if label in ("moving_left", "moving_right") else 1
+        sign = -1 if label in ("moving_left", "moving_up") else 1
+        move = (end - start)[axis] / (w, h)[axis]
+        assert sign * move > 0.3, (path, label, start, end)
+        assert abs((end - start)[1 - axis]) / (w, h)[1 - axis] < 0.1, (path, label, start, end)
+    assert len(sizes) > 3 and rates <= set(TINY_SPEC.fps_choices)  # Kinetics-like variety
+
+
+def motion_fit(frames: np.ndarray, field: str) -> float:
+    """Least-squares fit of one motion parameter k to brightness constancy I_t + grad(I).v = 0,
+    with v = k * (-dy, dx) ("rotation": k > 0 is clockwise on screen, y points down) or
+    v = k * (dx, dy) ("scale": k > 0 grows), about the centre of the changing pixels."""
+    gray = frames.astype(np.float32).mean(-1)
+    activity = gray.std(0)
+    ys, xs = np.mgrid[0:gray.shape[1], 0:gray.shape[2]].astype(np.float32)
+    cx, cy = (xs * activity).sum() / activity.sum(), (ys * activity).sum() / activity.sum()
+    dx, dy = xs - cx, ys - cy
+    vx, vy = (-dy, dx) if field == "rotation" else (dx, dy)
+    i_t = gray[1:] - gray[:-1]
+    i_y, i_x = np.gradient(0.5 * (gray[1:] + gray[:-1]), axis=(1, 2))
+    g = i_x * vx + i_y * vy
+    return float(-(i_t * g).sum() / (g * g).sum())
+
+
+def test_other_motion_classes_are_recoverable(tmp_path):
+    spec = SyntheticSpec(classes=CLASSES[4:], per_class=2, val_per_class=0, width_range=(112, 128),
+                         aspects=(4 / 3,), seed=3)
+    root = synthetic.make_dataset(str(tmp_path / "ds"), spec)
+    for path in sorted(Path(root).rglob("*.mp4")):
+        label = path.parent.name
+        frames, _, fps = decode_all(path)
+        if label in ("growing", "shrinking"):
+            k = motion_fit(frames, "scale")
+            assert (k > 0) if label == "growing" else (k < 0), (label, k)
+        elif label.startswith("rotating"):
+            k = motion_fit(frames, "rotation")
+            assert (k > 0) if label == "rotating_clockwise" else (k < 0), (label, k)
+        else:
+            # Flicker: the blob's mean brightness crosses its average twice per cycle.
+            region = frames.astype(np.float32).std(0).sum(-1) > 40
+            level = frames[:, region].mean(axis=(1, 2))
+            crossings = np.count_nonzero(np.diff(np.sign(level - level.mean())))
+            per_s = crossings / 2 / (len(frames) / fps)
+            assert (per_s < 1.5) if label == "flickering_slow" else (per_s > 2.5), (label, per_s)
+
+
+def test_same_seed_same_dataset_other_seed_differs(tmp_path, tiny_root):
+    again = synthetic.make_dataset(str(tmp_path / "again"), TINY_SPEC)
+    other = synthetic.make_dataset(str(tmp_path / "other"),
+                                   SyntheticSpec(**{**TINY_SPEC.__dict__, "seed": 1}))
+    csv_bytes = lambda root: (Path(root) / "annotations" / "train.csv").read_bytes()  # noqa: E731
+    assert csv_bytes(again) == csv_bytes(tiny_root) != csv_bytes(other)
+    first = sorted(Path(again).rglob("*.mp4"))[0]
+    assert np.array_equal(decode_all(first)[0], decode_all(tiny_root / first.relative_to(again))[0])
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path, tiny_root):
+    with pytest.raises(ValueError, match=str(tiny_root)):
+        synthetic.make_dataset(str(tiny_root), TINY_SPEC)
+
+
+def test_ensure_demo_dataset_generates_once(tmp_path):
+    root = Path(synthetic.ensure_demo_dataset(str(tmp_path), TINY_SPEC))
+    marker = root / synthetic.MARKER
+    stamp = marker.stat().st_mtime_ns
+    videos = sorted(root.rglob("*.mp4"))
+    assert len(videos) == len(TINY_SPEC.classes) * (TINY_SPEC.per_class + TINY_SPEC.val_per_class)
+    assert synthetic.ensure_demo_dataset(str(tmp_path), TINY_SPEC) == str(root)
+    assert marker.stat().st_mtime_ns == stamp  # not generated again
+    assert [p.name for p in root.parent.iterdir()] == [root.name]  # no temp folders left
+
+
+def test_make_dataset_on_s3(s3_bucket):
+    out = f"s3://{s3_bucket}/synth"
+    synthetic.make_dataset(out, TINY_SPEC)
+    keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    n = len(TINY_SPEC.classes) * (TINY_SPEC.per_class + TINY_SPEC.val_per_class)
+    assert len([k for k in keys if k.endswith(".mp4")]) == n
+    assert {"synth/annotations/train.csv", "synth/annotations/validate.csv",
+            f"synth/{synthetic.MARKER}"} <= keys
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"classes": ("moving_sideways",)}, "moving_sideways"),
+    ({"per_class": 0}, "per_class=0"),
+    ({"width_range": (200, 100)}, "width_range"),
+    ({"fps_choices": ()}, "fps_choices"),
+])
+def test_bad_spec_names_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SyntheticSpec(**kwargs)
