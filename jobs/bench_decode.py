@@ -54,7 +54,8 @@ def render_frames(*, width: int, height: int, num_frames: int, seed: int):
 
     rng = np.random.default_rng(seed)
     pad = 200
-    coarse = torch.from_numpy(rng.integers(0, 256, (3, (height + pad) // 8, (width + pad) // 8)).astype(np.float32))
+    coarse = rng.integers(0, 256, (3, (height + pad) // 8, (width + pad) // 8)).astype(np.float32)
+    coarse = torch.from_numpy(coarse)  # (3, h/8, w/8): smooth after bicubic upsampling
     tex = torch.nn.functional.interpolate(coarse[None], size=(height + pad, width + pad), mode="bicubic")
     tex = tex[0].clamp(0, 255).byte().permute(1, 2, 0).numpy()  # (H+pad, W+pad, 3)
     vx, vy = rng.uniform(-1.5, 1.5, 2)
@@ -85,21 +86,11 @@ def write_raw(path: Path, *, width: int, height: int, fps: int, seconds: float, 
     return path.read_bytes()
 
 
-def prepare(data: bytes, path: Path, *, short_side: int) -> bytes:
-    """The video through nlray.data.transcode (shorter side ``short_side``, its default keyframes)."""
-    import av
-
+def prepare(data: bytes, *, short_side: int) -> bytes:
+    """The video through nlray.data.transcode (what prepare_kinetics.py --transcode runs per video)."""
     from nlray.data import transcode
 
-    with av.open(io.BytesIO(data)) as src:
-        stream = src.streams.video[0]
-        w, h = transcode.output_size(stream.width, stream.height, short_side)
-        # RGB arrays, not decoded frames: a decoded frame keeps its time base, and encode_h264
-        # (pts=None) then muxes every frame at pts 0
-        frames = (f.to_ndarray(format="rgb24") for f in src.decode(stream))
-        transcode.encode_h264(frames, str(path), width=w, height=h, fps=stream.average_rate,
-                              keyint=transcode.DEFAULT_KEYINT)
-    return path.read_bytes()
+    return transcode.transcode_video(data, short_side=short_side)[0]
 
 
 # ---------------------------------------------------------------------------------- decoders
@@ -235,11 +226,12 @@ def _videos(args: argparse.Namespace, tmp: Path) -> tuple[dict, dict, dict]:
         sizes = dict(videos=args.videos, clips=args.clips, train_side=(256, 320), crop=224, eval_side=256)
     t0 = time.perf_counter()
     raw = [write_raw(tmp / f"raw{v}.mp4", seed=args.seed + v, **geo) for v in range(sizes["videos"])]
-    prepared = [prepare(d, tmp / f"prep{v}.mp4", short_side=sizes["eval_side"]) for v, d in enumerate(raw)]
+    prepared = [prepare(d, short_side=sizes["eval_side"]) for d in raw]
     info = {"raw": f"{geo['width']}x{geo['height']} {geo['fps']}fps {geo['seconds']}s gop{geo['gop']}",
             "raw_kbit_s": round(8 * np.mean([len(d) for d in raw]) / geo["seconds"] / 1e3),
             "prepared_kbit_s": round(8 * np.mean([len(d) for d in prepared]) / geo["seconds"] / 1e3),
-            "n_videos": sizes["videos"], "backend": args.backend, "setup_s": round(time.perf_counter() - t0, 1)}
+            "n_videos": sizes["videos"], "backend": args.backend,
+            "setup_s": round(time.perf_counter() - t0, 1)}
     return {"raw": raw, "prepared": prepared}, sizes, info
 
 

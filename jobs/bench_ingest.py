@@ -12,9 +12,15 @@ What runs (all real, on this machine):
 - baseline: a torch ``DataLoader`` with N worker processes whose ``__getitem__`` does exactly the same
   work (``ClipDecoder.clip``: fetch from S3, sample, decode, crop, flip), same batch size.
 
-Rate = clips / seconds from the first batch to the last (steady state: start-up of actors or
-workers is reported separately as ``first_batch_s``). Each configuration runs ``--repeats`` times,
-alternating Ray Data and DataLoader; the best run of each is compared (the machine is shared).
+Each decoded batch is stamped in the decoder with the wall clock and the decoder process's CPU
+time. Rate (``clips_per_s``) = clips / seconds from the first clip decoded to the last clip
+delivered to the consumer: steady state, start-up of actors or workers excluded (reported as
+``first_batch_s``, time to the first delivered batch; ``total_clips_per_s`` includes it). Also
+``produced_clips_per_s`` (first to last clip decoded) and ``decoder_clips_per_cpu_s`` (the decode
+cost itself, the same work on both sides: a gap with equal CPU cost is scheduling, not decoding).
+The load average of the machine is recorded (other jobs share its cores).
+Each configuration runs ``--repeats`` times, alternating Ray Data and DataLoader; the best run of
+each is compared (the machine is shared).
 Records: ``ingest/{1,2}cpu/vs_dataloader`` (Ray Data / DataLoader), ``ingest/ray_data/scaling_1to2``
 and ``ingest/dataloader/scaling_1to2`` (speedup = rate(2) / rate(1), efficiency = speedup / 2).
 """
@@ -31,7 +37,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -101,6 +107,20 @@ def make_videos(bucket: str, *, count: int, width: int, height: int, seconds: fl
 # ---------------------------------------------------------------------------------- consumers
 
 
+def _stamp(n: int) -> dict:
+    """When (wall clock) and after how much CPU of this decoder process n clips were finished."""
+    return {"t_done": np.full(n, time.time()), "cpu_s": np.full(n, time.process_time()),
+            "pid": np.full(n, os.getpid(), np.int64)}
+
+
+class TimedClipDecoder(ClipDecoder):
+    """ClipDecoder whose batches carry _stamp columns (for the decoders' own rate and CPU cost)."""
+
+    def __call__(self, batch: dict) -> Iterator[dict]:
+        for out in super().__call__(batch):
+            yield {**out, **_stamp(len(out["label"]))}
+
+
 class ClipDataset:
     """torch map-style dataset doing ClipDecoder's work per item (decoder made in each worker)."""
 
@@ -114,26 +134,43 @@ class ClipDataset:
     def __getitem__(self, i: int) -> dict:
         if self._decoder is None:  # after the fork: each worker its own generator
             self._decoder = ClipDecoder(**self.kwargs)
-        return {"video": self._decoder.clip(self.uris[i]), "label": self.labels[i]}
+        clip = self._decoder.clip(self.uris[i])
+        return {"video": clip, "label": self.labels[i], **{k: v[0] for k, v in _stamp(1).items()}}
+
+
+def _decoder_stats(t_done: np.ndarray, cpu_s: np.ndarray, pid: np.ndarray) -> dict:
+    """Clips/s the decoders produced (first to last clip) and clips per CPU-second of a decoder."""
+    cpu_per_clip = []
+    for p in np.unique(pid):
+        mine = pid == p
+        if mine.sum() > 1:
+            cpu_per_clip.append(np.ptp(cpu_s[mine]) / (mine.sum() - 1))
+    span = np.ptp(t_done)
+    return {"produced_rate": (len(t_done) - 1) / span if span > 0 else float("nan"),
+            "clips_per_cpu_s": 1 / float(np.mean(cpu_per_clip)) if cpu_per_clip else float("nan")}
 
 
 def timed_epoch(batches) -> dict:
-    """Consume an iterator of batches; steady-state clips/s from the first batch to the last."""
-    t0 = time.perf_counter()
-    first_t, first_n, n = None, 0, 0
+    """Consume an iterator of batches: clips/s from the first clip decoded to the last one delivered."""
+    t0 = time.time()
+    first_t, n, stamps = None, 0, []
     for b in batches:
-        k = len(b["label"])
         assert b["video"].dtype.itemsize == 1  # uint8 travelled
-        n += k
-        if first_t is None:
-            first_t, first_n = time.perf_counter(), k
-    end = time.perf_counter()
+        stamps.append([np.asarray(b[c]) for c in ("t_done", "cpu_s", "pid")])
+        n += len(b["label"])
+        first_t = first_t or time.time()
+    end = time.time()
+    t_done, cpu_s, pid = (np.concatenate(col) for col in zip(*stamps))
+    # Not "first batch delivered to last": a pipeline can hold clips back and then deliver them at
+    # once, which would overstate its rate. Decoding starts after start-up (first_decoded_s).
     return {"clips": n, "first_batch_s": round(first_t - t0, 2),
-            "rate": (n - first_n) / max(end - first_t, 1e-9), "total_rate": n / (end - t0)}
+            "first_decoded_s": round(float(t_done.min()) - t0, 2),
+            "rate": n / max(end - float(t_done.min()), 1e-9), "total_rate": n / (end - t0),
+            **_decoder_stats(t_done, cpu_s, pid)}
 
 
 def ray_epoch(df, cfg: DataConfig, batch: int) -> dict:
-    ds = build_train_dataset(df, cfg, log_name="bench_ingest")
+    ds = build_train_dataset(df, cfg, log_name="bench_ingest", decoder=TimedClipDecoder)
     return timed_epoch(ds.iter_torch_batches(batch_size=batch))
 
 
@@ -153,7 +190,13 @@ def loader_epoch(df, cfg: DataConfig, batch: int, workers: int) -> dict:
 
 def emit(name: str, a: dict, b: dict, **extra) -> dict:
     rec = {"name": name, "speedup": round(a["rate"] / b["rate"], 3), "clips_per_s": round(a["rate"], 2),
-           "baseline_clips_per_s": round(b["rate"], 2), **extra}
+           "baseline_clips_per_s": round(b["rate"], 2),
+           "produced_clips_per_s": round(a["produced_rate"], 2),
+           "baseline_produced_clips_per_s": round(b["produced_rate"], 2),
+           "decoder_clips_per_cpu_s": round(a["clips_per_cpu_s"], 2),
+           "baseline_decoder_clips_per_cpu_s": round(b["clips_per_cpu_s"], 2),
+           "total_clips_per_s": round(a["total_rate"], 2),
+           "baseline_total_clips_per_s": round(b["total_rate"], 2), **extra}
     print(json.dumps(rec), flush=True)
     return rec
 
@@ -170,7 +213,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     os.environ.update(FAKE_AWS, AWS_ENDPOINT_URL=url)  # DataLoader workers and Ray workers inherit
     try:
         boto3.client("s3", endpoint_url=url).create_bucket(Bucket="bench")
-        geo = (dict(width=160, height=96, seconds=2) if args.quick else dict(width=456, height=256, seconds=10))
+        geo = dict(width=160, height=96, seconds=2) if args.quick else dict(width=456, height=256, seconds=10)
         uris = make_videos("bench", count=args.videos, tmp=tmp, **geo)
         rows = [uris[i % len(uris)] for i in range(args.clips)]  # an epoch of --clips rows
         df = pd.DataFrame({"uri": rows, "label_id": [i % 4 for i in range(len(rows))], "split": "train"})
@@ -178,6 +221,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {**FAKE_AWS, "AWS_ENDPOINT_URL": url}})
         best: dict = {}
+        load0 = os.getloadavg()[0]
         for rep in range(args.repeats):
             for n in (1, 2):
                 cfg = DataConfig(frames=32, frame_stride=2, train_short_side=sides[0], crop_size=sides[1],
@@ -189,6 +233,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                     if (kind, n) not in best or r["rate"] > best[kind, n]["rate"]:
                         best[kind, n] = r
         info = {"clips_per_epoch": len(df), "batch": args.batch, "videos": args.videos,
+                "loadavg_1min_start_end": [round(load0, 1), round(os.getloadavg()[0], 1)],
                 "video": f"{geo['width']}x{geo['height']} 30fps {geo['seconds']}s keyint32",
                 "repeats": args.repeats, "host_cpus": os.cpu_count()}
         out = [emit(f"ingest/{n}cpu/vs_dataloader", best["ray", n], best["loader", n],

@@ -67,6 +67,7 @@ class DataConfig:
     decode_cpus: float = 1.0  # CPUs reserved per decoder actor
     decode_batch: int = 4  # videos per map_batches call
     shuffle_seed: Optional[int] = None  # None: a new order every epoch
+    repeat: int = 1  # passes over the train split per Ray Data epoch (small sets: amortise pipeline start-up)
 
 
 @dataclass
@@ -135,7 +136,7 @@ CHOICES = {
 }
 POSITIVE = ("data.frames", "data.frame_stride", "data.crop_size", "data.eval_short_side",
             "data.eval_crop_size", "data.eval_num_clips", "data.eval_num_crops", "data.batch_size",
-            "data.decode_actors", "data.decode_batch", "model.width",
+            "data.decode_actors", "data.decode_batch", "data.repeat", "model.width",
             "model.nl_temporal_groups", "train.num_workers", "train.steps", "train.base_batch",
             "train.checkpoint_every", "train.keep_checkpoints", "train.log_every")
 

@@ -20,7 +20,8 @@ def test_help():
 
 
 def test_quick_run_prints_every_case():
-    out = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert {r["name"] for r in records} == CASES

@@ -19,8 +19,8 @@ def test_help():
 
 def test_quick_run_prints_every_case():
     # its own session: a separate Ray from the one the other tests share, stopped at its end
-    out = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=600,
-                         start_new_session=True)
+    out = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True,
+                         timeout=600, start_new_session=True)
     assert out.returncode == 0, out.stderr[-3000:]
     records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert {r["name"] for r in records} == CASES

@@ -15,8 +15,8 @@ from nlray.train.trainer import fit
 
 TINY = ["model.width=8", "data.frames=8", "data.train_short_side=[40,48]", "data.crop_size=32",
         "data.eval_short_side=32", "data.eval_crop_size=32", "data.eval_num_clips=2", "data.batch_size=4",
-        "train.log_every=4", "train.checkpoint_every=12", "train.keep_checkpoints=2", "train.warmup_steps=0",
-        "train.lr_milestones=[1000]", "train.base_lr=0.01"]
+        "train.log_every=8", "train.checkpoint_every=20", "train.keep_checkpoints=2", "train.warmup_steps=8",
+        "train.lr_milestones=[1000]", "train.base_lr=0.01", "data.repeat=10"]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,8 @@ def config(env, preset: str, *extra: str):
 
 @pytest.fixture(scope="module")
 def short_run(env):
-    """The 32-frame-style stage: 2 workers, 24 steps."""
-    cfg = config(env, "demo", "name=short", "train.steps=24")
+    """The 32-frame-style stage: 2 workers, 40 steps."""
+    cfg = config(env, "demo", "name=short", "train.steps=40")
     return cfg, fit(cfg)
 
 
@@ -61,7 +61,7 @@ def test_two_workers_train_log_and_checkpoint(env, short_run):
     assert run.info.status == "FINISHED" and run.info.run_name == "short"
     assert run.data.params["train.num_workers"] == "2" and run.data.params["model.nl_instantiation"]
     loss = history(env["uri"], res["run_id"], "train/loss")
-    assert [s for s, _ in loss] == [4, 8, 12, 16, 20, 24]
+    assert [s for s, _ in loss] == [8, 16, 24, 32, 40]
     first, last = (loss[0][1] + loss[1][1]) / 2, (loss[-1][1] + loss[-2][1]) / 2
     assert last < first, f"loss did not fall: {loss}"
     for key in ("train/clip_top1", "train/lr", "train/clips_per_s", "train/data_wait_share",
@@ -72,20 +72,20 @@ def test_two_workers_train_log_and_checkpoint(env, short_run):
     assert {"config.yaml", "labels.txt", "checkpoint", "plots"} <= arts
     plots = {a.path for a in client.list_artifacts(res["run_id"], "plots")}
     assert {"plots/learning_curve.png", "plots/per_class_accuracy.png"} <= plots
-    # Ray Train kept the latest 2 checkpoints (steps 12 and 24), each a full training state.
+    # Ray Train kept the latest 2 checkpoints (steps 20 and 40), each a full training state.
     dirs = sorted(p for p in (env["root"] / "results" / "short").glob("*/") if p.name.startswith("step_"))
-    assert [p.name for p in dirs] == ["step_00000012", "step_00000024"]
+    assert [p.name for p in dirs] == ["step_00000020", "step_00000040"]
     state = checkpoint.load(dirs[-1])
-    assert state["meta"]["step"] == 24 and state["meta"]["mlflow_run_id"] == res["run_id"]
+    assert state["meta"]["step"] == 40 and state["meta"]["mlflow_run_id"] == res["run_id"]
     assert state["optimizer"]["param_groups"][0]["momentum"] == 0.9
 
 
 def test_resubmitting_the_same_name_resumes_at_its_step(env, short_run):
     _, first = short_run
-    res = fit(config(env, "demo", "name=short", "train.steps=32"))
-    assert res["run_id"] == first["run_id"] and res["step"] == 32
+    res = fit(config(env, "demo", "name=short", "train.steps=56"))
+    assert res["run_id"] == first["run_id"] and res["step"] == 56
     steps = [s for s, _ in history(env["uri"], res["run_id"], "train/loss")]
-    assert steps == [4, 8, 12, 16, 20, 24, 28, 32]  # continued from step 24: no step logged twice
+    assert steps == [8, 16, 24, 32, 40, 48, 56]  # continued from step 40: no step logged twice
 
 
 def test_long_clip_model_starts_from_the_short_run_with_bn_frozen(env, short_run):

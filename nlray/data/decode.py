@@ -4,7 +4,7 @@
     with open_video(data, backend="pyav", uri=uri) as video:
         idx = train_indices(video.num_frames, frames=32, stride=2, rng=rng)
         clip = read_frames(video, idx, short_side=288)    # uint8 [32, 288, 512, 3]
-        crop = read_frames(video, idx, short_side=288, crop=Crop(size=224, fy=0.3, fx=0.9))  # [32, 224, 224, 3]
+        crop = read_frames(video, idx, short_side=288, crop=Crop(size=224, fy=0.3, fx=0.9))  # [32,224,224,3]
 
 Two backends, both single-threaded (one clip decoder = one core; scale out with more decoders):
 
@@ -17,8 +17,8 @@ Two backends, both single-threaded (one clip decoder = one core; scale out with 
   third to a half of a typical H.264 stream); only wanted frames are converted to RGB, by swscale,
   straight to the output size. A gap longer than a GOP between wanted frames is jumped over.
   With a ``Crop`` (training), only the part of the frame that the crop keeps is converted: the
-  square is mapped back to the decoded frame (corner and side rounded to even pixels for 4:2:0
-  chroma: within 1 px of the asked square, its scale within ~1%), cut from the YUV planes and
+  square is mapped back to the decoded frame (corner rounded to even pixels, side to a multiple of
+  4, for 4:2:0 chroma: within 1-2 px of the asked square, its scale within ~1%), cut from the YUV planes and
   scaled to ``size`` by swscale: 3x less conversion work than scaling the whole frame and then
   cropping (for a training clip: the whole decode ~25% faster). A random augmentation, so exact
   pixel agreement with scale-then-crop does not matter; the square's place and size do.
@@ -119,11 +119,14 @@ def crop_origin(width: int, height: int, crop: Crop) -> tuple[int, int]:
 
 
 def _even_box(width: int, height: int, short_side: Optional[int], crop: Crop) -> tuple[int, int, int, int]:
-    """(x, y, w, h) in the decoded frame of the square ``crop`` takes of the scaled frame (even values)."""
+    """(x, y, w, h) in the decoded frame of the square ``crop`` takes of the scaled frame.
+
+    Corner even, side a multiple of 4 (within 1 / 2 px of the exact square)."""
     sw, sh = (width, height) if short_side is None else scaled_size(width, height, short_side=short_side)
     y, x = crop_origin(sw, sh, crop)
     s = sw / width  # scaled / decoded
-    side = max(2, min(int(round(crop.size / s / 2)) * 2, width - width % 2, height - height % 2))
+    # side a multiple of 4: 4:2:0 chroma of even size, packed two half-rows per row (_cut_yuv420p)
+    side = max(4, min(int(round(crop.size / s / 4)) * 4, width - width % 4, height - height % 4))
     x0 = min(int(round(x / s / 2)) * 2, (width - side) // 2 * 2)  # nearest even: within 1 px
     y0 = min(int(round(y / s / 2)) * 2, (height - side) // 2 * 2)
     return x0, y0, side, side
@@ -199,6 +202,10 @@ def _bad(data: bytes, uri: str, exc: BaseException) -> BadVideo:
 # ------------------------------------------------------------------------------------- backends
 
 
+def _timestamp(packet) -> Optional[int]:
+    return packet.pts if packet.pts is not None else packet.dts
+
+
 class PyAVVideo:
     """PyAV: packets demuxed once; wanted frames decoded in one pass, unwanted non-reference skipped."""
 
@@ -214,10 +221,10 @@ class PyAVVideo:
         self._cc.thread_count = 1  # one decoder = one core
         self._cc.thread_type = "NONE"
         self._packets = [p for p in self._container.demux(stream)
-                         if p.size and not p.is_discard and (p.pts if p.pts is not None else p.dts) is not None]
+                         if p.size and not p.is_discard and _timestamp(p) is not None]
         if not self._packets:
             raise ValueError("no video packets")
-        pts = np.array([p.pts if p.pts is not None else p.dts for p in self._packets], np.int64)
+        pts = np.array([_timestamp(p) for p in self._packets], np.int64)
         order = np.argsort(pts, kind="stable")  # presentation order -> decode position
         self._pos_of_frame = order  # frame index i is packet self._packets[order[i]]
         self._index_of_pts = {int(pts[pos]): i for i, pos in enumerate(order)}

@@ -29,9 +29,10 @@ which video is up to the scheduler).
 
 Bad videos: a decoder that meets one drops it (its clip is simply absent) and reports
 ``(uri, reason, detail)`` to a named Ray actor ``BadVideoLog`` (one per split, created here on the
-driver, which keeps a handle to it, so it lives as long as the driver). The report waits for the actor's reply, so once
-a dataset pass has been consumed the counts include every bad video of that pass. Counts are of
-distinct videos per reason; a video that fails again in a later epoch is not counted twice.
+driver, which keeps a handle to it, so it lives as long as the driver). The report waits for the
+actor's reply, so once a dataset pass has been consumed the counts include every bad video of it.
+Counts are of distinct videos per reason; a video that fails again in a later epoch is not counted
+twice (``BadVideoLog.reports`` counts every failure).
 """
 from __future__ import annotations
 
@@ -45,10 +46,11 @@ from nlray.data.decode import BadVideo, Crop, fetch_video, open_video, read_fram
 from nlray.data.sampling import eval_indices, train_indices
 from nlray.data.transforms import crop_corners, random_flip
 
-__all__ = ["BadVideoLog", "ClipDecoder", "EvalClipDecoder", "ManifestRows", "build_train_dataset", "build_eval_dataset",
-           "bad_video_log", "bad_video_log_name", "bad_video_counts", "bad_video_list", "split_frame"]
+__all__ = ["BadVideoLog", "ClipDecoder", "EvalClipDecoder", "ManifestRows", "build_train_dataset",
+           "build_eval_dataset", "bad_video_log", "bad_video_log_name", "bad_video_counts",
+           "bad_video_list", "split_frame"]
 
-NAMESPACE_PREFIX = "nlray_bad_videos"
+LOG_PREFIX = "nlray_bad_videos"
 _LOG_HANDLES: dict[str, Any] = {}  # a named actor dies with its last handle: the driver keeps one
 
 
@@ -82,7 +84,7 @@ class BadVideoLog:
 
 def bad_video_log_name(split: str) -> str:
     """The name of the BadVideoLog actor of a split (what the trainer passes to bad_video_counts)."""
-    return f"{NAMESPACE_PREFIX}_{split}"
+    return f"{LOG_PREFIX}_{split}"
 
 
 def bad_video_log(name: str) -> Any:
@@ -123,14 +125,20 @@ class _DecoderBase:
     def __init__(self, *, backend: str, endpoint_url: str, log_name: str, seed: int):
         self.backend, self.endpoint_url, self.log_name = backend, endpoint_url, log_name
         self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(uuid.uuid4().int,)))
+        self.bad_counts: dict[str, int] = {}  # this decoder's own tally (also outside Ray)
         self._log = None
 
     def _report(self, bad: BadVideo) -> None:
         import ray
 
-        if self._log is None:
-            self._log = ray.get_actor(self.log_name)
-        ray.get(self._log.report.remote(bad.uri, bad.reason, bad.detail))  # wait: counts are complete
+        self.bad_counts[bad.reason] = self.bad_counts.get(bad.reason, 0) + 1
+        if self._log is None and ray.is_initialized():
+            try:
+                self._log = ray.get_actor(self.log_name)
+            except ValueError:  # used without the builders (no log): the local tally only
+                return
+        if self._log is not None:
+            ray.get(self._log.report.remote(bad.uri, bad.reason, bad.detail))  # wait: counts complete
 
     def _open(self, uri: str):
         return open_video(fetch_video(uri, endpoint_url=self.endpoint_url), backend=self.backend, uri=uri)
@@ -152,7 +160,7 @@ class ClipDecoder(_DecoderBase):
             size = int(self.rng.integers(self.short_side[0], self.short_side[1] + 1))  # short side
             crop = Crop(size=self.crop_size, fy=self.rng.random(), fx=self.rng.random())
             frames = read_frames(video, idx, short_side=size, crop=crop)  # (T, crop, crop, 3)
-        return random_flip(frames, rng=self.rng)  # (T, crop, crop, 3), maybe mirrored
+        return np.ascontiguousarray(random_flip(frames, rng=self.rng))  # (T, crop, crop, 3), maybe mirrored
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         clips, labels, rows = [], [], []
@@ -288,8 +296,11 @@ def _rows_dataset(df, split: Optional[str], *, block: int, shuffle: bool, seed: 
 
 
 def build_train_dataset(df, data_cfg, *, split: str = "train", seed: int = 0,
-                        log_name: Optional[str] = None):
-    """Training clips of ``split``: a new shuffle and new random clips every epoch (module doc)."""
+                        log_name: Optional[str] = None, decoder: type = ClipDecoder):
+    """Training clips of ``split``: a new shuffle and new random clips every epoch (module doc).
+
+    ``decoder``: the actor class, ClipDecoder or a subclass (bench_ingest.py times its batches).
+    """
     import ray
 
     log_name = log_name or bad_video_log_name(split)
@@ -299,7 +310,7 @@ def build_train_dataset(df, data_cfg, *, split: str = "train", seed: int = 0,
                   short_side=tuple(data_cfg.train_short_side), crop_size=data_cfg.crop_size,
                   backend=data_cfg.backend, endpoint_url=data_cfg.s3_endpoint_url,
                   log_name=log_name, seed=seed)
-    return ds.map_batches(ClipDecoder, fn_constructor_kwargs=kwargs, batch_size=data_cfg.decode_batch,
+    return ds.map_batches(decoder, fn_constructor_kwargs=kwargs, batch_size=data_cfg.decode_batch,
                           compute=ray.data.ActorPoolStrategy(size=data_cfg.decode_actors),
                           num_cpus=data_cfg.decode_cpus)
 

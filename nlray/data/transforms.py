@@ -4,17 +4,22 @@ Train: shorter side scaled to a random size in ``data.train_short_side``, a rand
 square crop, a horizontal flip with probability 1/2. The pipeline's decoder does the scale and the
 crop while decoding (``nlray.data.decode.Crop``: only the kept square is converted to RGB) and then
 ``random_flip``; ``short_side_scale`` / ``random_crop`` / ``train_crop_flip`` are the same steps
-on frames already decoded (the decord backend scales with ``short_side_scale``). Eval: shorter side ``eval_short_side``, then ``num_crops``
-squares of ``eval_crop_size`` spread evenly along the longer side (3: left/centre/right for
-landscape, top/centre/bottom for portrait; 1: centre).
+on frames already decoded (the decord backend scales with ``short_side_scale``).
+Eval: shorter side ``eval_short_side``, then ``num_crops`` squares of ``eval_crop_size`` spread
+evenly along the longer side (3: left/centre/right for landscape, top/centre/bottom for
+portrait; 1: centre).
 
 Everything here stays uint8 on the CPU. Conversion to float and ImageNet normalisation happen on the
 training device, after the 4x smaller uint8 batch has travelled: ``normalize_on_device``.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Optional
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "short_side_scale", "random_crop", "random_flip",
            "train_crop_flip", "crop_corners", "spatial_crops", "normalize_on_device"]
@@ -37,6 +42,8 @@ def short_side_scale(frames: np.ndarray, *, size: int) -> np.ndarray:
     new_w, new_h = scaled_size(w, h, short_side=size)
     if (new_h, new_w) == (h, w):
         return frames
+    import torch  # here, not at import: decoder actors that never resize start faster
+
     x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, C, H, W), a view in channels-last
     y = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode="bilinear",
                                         antialias=new_h < h, align_corners=False)  # uint8 kernel
@@ -89,12 +96,15 @@ def spatial_crops(frames: np.ndarray, *, size: int, num_crops: int) -> np.ndarra
     return np.stack([frames[:, y:y + size, x:x + size] for y, x in corners])  # (crops, T, s, s, C)
 
 
-def normalize_on_device(batch: torch.Tensor, *, dtype: torch.dtype = torch.float32,
-                        mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> torch.Tensor:
-    """uint8 [B, T, H, W, C] on any device -> ``dtype`` [B, C, T, H, W], (x/255 - mean) / std.
+def normalize_on_device(batch: "torch.Tensor", *, dtype: Optional["torch.dtype"] = None,
+                        mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> "torch.Tensor":
+    """uint8 [B, T, H, W, C] on any device -> ``dtype`` (float32) [B, C, T, H, W], (x/255 - mean)/std.
 
     Call it on the training device so that only uint8 crosses processes and the PCIe bus.
     """
+    import torch
+
+    dtype = dtype or torch.float32
     if batch.dtype != torch.uint8 or batch.dim() != 5:
         raise ValueError(f"expected a uint8 batch [B, T, H, W, C]; got {batch.dtype} {tuple(batch.shape)}")
     c = batch.shape[-1]

@@ -45,8 +45,8 @@ def _unchanged(x: Tensor) -> Tensor:
 def pointwise_conv(x: Tensor, conv: nn.Conv3d) -> Tensor:
     """A 1×1×1 conv as one batched matmul over positions, giving a channels-last [B, C', T, H, W].
 
-    Channels-last (positions × channels) is the layout the pairwise part works in, so the sequences
-    of ``to_sequences`` and the block's W_z input are views, not copies.
+    For a channels-last input (the pairwise part's output: positions × channels) this reads it in
+    place, where Conv3d would first copy it to channels-first.
     """
     b, _, t, h, w = x.shape
     xs = x.flatten(2).transpose(1, 2)  # [B, C, T·H·W] -> [B, N, C] (a view in either layout)
@@ -228,14 +228,15 @@ class NonLocalBlock(nn.Module):
         before = self.subsample_where == "before"
         keys_in = pool(x) if before else x  # [B, C, T, H', W'] or [B, C, T, H, W]
         after = _unchanged if before else pool
-        theta = pointwise_conv(x, self.theta) if self.theta is not None else x
-        phi = after(pointwise_conv(keys_in, self.phi)) if self.phi is not None else pool(x)
-        return theta, phi, after(pointwise_conv(keys_in, self.g))
+        theta = self.theta(x) if self.theta is not None else x
+        phi = after(self.phi(keys_in)) if self.phi is not None else pool(x)
+        return theta, phi, after(self.g(keys_in))
 
     def forward(self, x: Tensor) -> Tensor:
         theta, phi, g = self.embed(x)
         y = nonlocal_core(theta, phi, g, instantiation=self.instantiation, mode=self.mode, scale=self.scale,
                           temporal_groups=self.temporal_groups, concat_weight=self.concat_weight)
+        # W_z as a matmul: y comes channels-last from the pairwise part, and stays so (no copy)
         return x + self.bn(pointwise_conv(y, self.out))  # [B, C, T, H, W]
 
     def extra_repr(self) -> str:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import pandas as pd
 import ray
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -85,6 +86,16 @@ def storage(cfg: Config) -> tuple[str, object]:
     return str(Path(path.removeprefix("file://")).expanduser().resolve()), None
 
 
+def train_rows(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """The train split, repeated data.repeat times: each repeat draws new random clips (mmaction2's
+    RepeatDataset), so a small set pays the pipeline's per-epoch start-up once per several passes."""
+    rows = df[df["split"] == cfg.data.train_split]
+    if rows.empty:
+        raise ValueError(f"the manifest has no {cfg.data.train_split!r} rows to train on; its splits: "
+                         f"{sorted(df['split'].unique())}")
+    return pd.concat([rows] * cfg.data.repeat, ignore_index=True)
+
+
 def make_trainer(cfg: Config, labels: list[str], run_id: str, init_ref, train_ds) -> TorchTrainer:
     path, fs = storage(cfg)
     tcfg = cfg.train
@@ -116,8 +127,8 @@ def fit(cfg: Config) -> dict:
     try:
         init = initial_weights(cfg)
         init_ref = ray.put(init) if init is not None else None
-        train_ds = build_train_dataset(df, cfg.data, split=cfg.data.train_split, seed=cfg.train.seed,
-                                       log_name=bad_log_name(cfg))
+        train_ds = build_train_dataset(train_rows(df, cfg), cfg.data, split=cfg.data.train_split,
+                                       seed=cfg.train.seed, log_name=bad_log_name(cfg))
         result = make_trainer(cfg, labels, run_id, init_ref, train_ds).fit()
         out = finish(cfg, df, labels, run_id, result)
     except BaseException:
