@@ -99,7 +99,7 @@ def ray_local(s3_endpoint):
     """
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=4, log_to_driver=False,  # the dashboard serves the State API Ray Train polls
              runtime_env={"env_vars": {**FAKE_AWS, "AWS_ENDPOINT_URL": s3_endpoint}})
     yield ray
     ray.shutdown()

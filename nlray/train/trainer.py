@@ -35,7 +35,7 @@ def connect_ray(cfg: Config) -> None:
     elif os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(num_cpus=cfg.cluster.num_cpus or None, include_dashboard=False)
+        ray.init(num_cpus=cfg.cluster.num_cpus or None)
 
 
 def resolve_classes(cfg: Config, labels: list[str]) -> Config:
@@ -122,6 +122,7 @@ def fit(cfg: Config) -> dict:
     connect_ray(cfg)
     df, labels = resolve_dataset(cfg.data)
     cfg = resolve_classes(cfg, labels)
+    cfg.tracking.uri = tracking.resolve_uri(cfg.tracking.uri)  # workers run in other directories
     run_id, resumed = tracking.start_or_resume_run(cfg, labels, {"world_size": cfg.train.num_workers})
     log.info("MLflow run %s (%s) at %s", run_id, "resumed" if resumed else "new", cfg.tracking.uri)
     try:
