@@ -42,6 +42,7 @@ class ModelConfig:
     nl_softmax_scale: bool = False  # Caffe2's (C/2)^-0.5 on theta^T phi; the paper uses none
     nl_temporal_groups: int = 1  # >1: res3 non-local within groups of T/groups frames (Caffe2 128f)
     pool_variant: str = "paper"  # paper (pool1 3x3x3, pool2 3x1x1) | caffe2 (2x3x3, 2x1x1)
+    temporal_padding: str = "zeros"  # zeros (paper, Caffe2) | replicate (border frames repeated)
     dropout: float = 0.5  # before the classifier
     pretrained: str = "none"  # none | imagenet (torchvision) | path/URI of a torchvision ResNet state dict
 
@@ -132,6 +133,7 @@ CHOICES = {
     "model.nl_mode": ("spacetime", "space", "time"),
     "model.nl_subsample_where": ("after", "before"),
     "model.pool_variant": ("paper", "caffe2"),
+    "model.temporal_padding": ("zeros", "replicate"),
     "data.backend": ("decord", "pyav"),
 }
 POSITIVE = ("data.frames", "data.frame_stride", "data.crop_size", "data.eval_short_side",

@@ -54,6 +54,7 @@ def build_model(cfg: Union[ModelConfig, Config, str], *, num_classes: Optional[i
         nonlocal_options=dict(instantiation=m.nl_instantiation, mode=m.nl_mode, subsample=m.nl_subsample,
                               subsample_where=m.nl_subsample_where, softmax_scale=m.nl_softmax_scale),
         res3_temporal_groups=m.nl_temporal_groups, pool_variant=m.pool_variant, dropout=m.dropout,
+        temporal_padding=m.temporal_padding,
         activation_checkpointing=activation_checkpointing)
     if m.pretrained != "none":
         log.info("model.pretrained=%s: %s", m.pretrained, load_pretrained(model, m.pretrained, depth=m.depth))
