@@ -180,8 +180,9 @@ def loader_epoch(df, cfg: DataConfig, batch: int, workers: int) -> dict:
     kwargs = dict(frames=cfg.frames, stride=cfg.frame_stride, short_side=tuple(cfg.train_short_side),
                   crop_size=cfg.crop_size, backend=cfg.backend, log_name="unused")
     data = ClipDataset(df.uri.tolist(), df.label_id.tolist(), kwargs)
+    # spawn, not fork: a child forked from a process running Ray's threads can deadlock (seen here)
     loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, num_workers=workers,
-                                         prefetch_factor=2)
+                                         prefetch_factor=2, multiprocessing_context="spawn")
     return timed_epoch(loader)
 
 

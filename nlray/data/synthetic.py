@@ -78,8 +78,8 @@ class SyntheticSpec:
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-# The embedded default's dataset: 6 classes x (24 train + 8 val), ~128x96 frames, ~3 s each.
-DEMO_SPEC = SyntheticSpec()
+# The embedded default's dataset: 6 classes x (40 train + 10 val), ~128x96 frames, ~3 s each.
+DEMO_SPEC = SyntheticSpec(per_class=40, val_per_class=10)
 # For tests: 4 classes (both translation pairs) x (2 train + 1 val), small and short.
 TINY_SPEC = SyntheticSpec(classes=CLASSES[:4], per_class=2, val_per_class=1, width_range=(64, 96),
                           duration_range=(2.7, 3.0), fps_choices=(24, 25, 30))
