@@ -6,7 +6,7 @@
 Videos, generated here into a temp dir (no data needed):
 - ``raw``: 640x360, 30 fps, 10 s, libx264 at its defaults (preset medium: B-frames, 3 refs, crf 23),
   keyframe every 250 frames: like a Kinetics download. Content: a textured background panning,
-  moving shapes and sensor-like noise (~1 Mbit/s).
+  moving shapes and sensor-like noise (~2 Mbit/s: at the costly end of Kinetics' 360p videos).
 - ``prepared``: the same videos through ``nlray.data.transcode`` (what ``prepare_kinetics.py
   --transcode`` runs: shorter side 256, keyframe every 32 frames).
 
@@ -40,8 +40,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nlray.data.decode import (DEFAULT_BACKEND, Crop, crop_origin, open_video, read_frames,  # noqa: E402
-                               scaled_size)
+from nlray.data.decode import (BACKENDS, DEFAULT_BACKEND, Crop, crop_origin,  # noqa: E402
+                               open_video, read_frames, scaled_size)
 from nlray.data.sampling import eval_indices, train_indices  # noqa: E402
 
 
@@ -198,7 +198,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     p.add_argument("--quick", action="store_true", help="one small video, two clips per case (smoke test)")
     p.add_argument("--videos", type=int, default=4, help="raw videos to generate (full mode)")
     p.add_argument("--clips", type=int, default=8, help="training clips per video and case")
-    p.add_argument("--backend", default=DEFAULT_BACKEND, help="the shipped decoder's backend")
+    p.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS,
+                   help="the shipped decoder's backend")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     return run(args)
@@ -241,7 +242,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     import torch
 
     torch.set_num_threads(1)  # the decord backend resizes with torch: keep it to one core too
-    forms, sizes, info = _videos(args, Path(tempfile.mkdtemp(prefix="bench_decode_")))
+    with tempfile.TemporaryDirectory(prefix="bench_decode_") as tmp:
+        forms, sizes, info = _videos(args, Path(tmp))
     counts = [open_video(d).num_frames for d in forms["raw"]]
     assert counts == [open_video(d).num_frames for d in forms["prepared"]], "transcode changed frame counts"
     rng = np.random.default_rng(args.seed)

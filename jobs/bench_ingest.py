@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,6 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nlray.config import DataConfig  # noqa: E402
+from nlray.data.decode import BACKENDS, DEFAULT_BACKEND  # noqa: E402
 from nlray.data.pipeline import ClipDecoder, build_train_dataset  # noqa: E402
 
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -202,6 +204,33 @@ def emit(name: str, a: dict, b: dict, **extra) -> dict:
     return rec
 
 
+def measure(df, url: str, args: argparse.Namespace, sides: tuple) -> dict:
+    """{(kind, cpus): best epoch} for kind in ray / loader and 1 / 2 decoder CPUs, alternating."""
+    best: dict = {}
+    for _ in range(args.repeats):
+        for n in (1, 2):
+            cfg = DataConfig(frames=32, frame_stride=2, train_short_side=sides[0], crop_size=sides[1],
+                             decode_actors=n, decode_cpus=1.0, decode_batch=2, s3_endpoint_url=url,
+                             backend=args.backend)
+            for kind in ("ray", "loader"):
+                r = ray_epoch(df, cfg, args.batch) if kind == "ray" else loader_epoch(df, cfg, args.batch, n)
+                print(f"# {kind} {n} cpu: {r}", file=sys.stderr, flush=True)
+                if (kind, n) not in best or r["rate"] > best[kind, n]["rate"]:
+                    best[kind, n] = r
+    return best
+
+
+def records(best: dict, info: dict) -> list[dict]:
+    out = [emit(f"ingest/{n}cpu/vs_dataloader", best["ray", n], best["loader", n],
+                first_batch_s=best["ray", n]["first_batch_s"],
+                baseline_first_batch_s=best["loader", n]["first_batch_s"], **info) for n in (1, 2)]
+    for kind, label in (("ray", "ray_data"), ("loader", "dataloader")):
+        two, one = best[kind, 2], best[kind, 1]
+        out.append(emit(f"ingest/{label}/scaling_1to2", two, one,
+                        efficiency=round(two["rate"] / one["rate"] / 2, 3), **info))
+    return out
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     import boto3
     import pandas as pd
@@ -218,37 +247,20 @@ def run(args: argparse.Namespace) -> list[dict]:
         uris = make_videos("bench", count=args.videos, tmp=tmp, **geo)
         rows = [uris[i % len(uris)] for i in range(args.clips)]  # an epoch of --clips rows
         df = pd.DataFrame({"uri": rows, "label_id": [i % 4 for i in range(len(rows))], "split": "train"})
-        sides = ([96, 112], 80) if args.quick else ([256, 320], 224)
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {**FAKE_AWS, "AWS_ENDPOINT_URL": url}})
-        best: dict = {}
         load0 = os.getloadavg()[0]
-        for rep in range(args.repeats):
-            for n in (1, 2):
-                cfg = DataConfig(frames=32, frame_stride=2, train_short_side=sides[0], crop_size=sides[1],
-                                 decode_actors=n, decode_cpus=1.0, decode_batch=2, s3_endpoint_url=url)
-                for kind, fn in (("ray", lambda: ray_epoch(df, cfg, args.batch)),
-                                 ("loader", lambda: loader_epoch(df, cfg, args.batch, n))):
-                    r = fn()
-                    print(f"# {kind} {n} cpu: {r}", file=sys.stderr, flush=True)
-                    if (kind, n) not in best or r["rate"] > best[kind, n]["rate"]:
-                        best[kind, n] = r
+        best = measure(df, url, args, ([96, 112], 80) if args.quick else ([256, 320], 224))
         info = {"clips_per_epoch": len(df), "batch": args.batch, "videos": args.videos,
                 "loadavg_1min_start_end": [round(load0, 1), round(os.getloadavg()[0], 1)],
                 "video": f"{geo['width']}x{geo['height']} 30fps {geo['seconds']}s keyint32",
-                "repeats": args.repeats, "host_cpus": os.cpu_count()}
-        out = [emit(f"ingest/{n}cpu/vs_dataloader", best["ray", n], best["loader", n],
-                    first_batch_s=best["ray", n]["first_batch_s"],
-                    baseline_first_batch_s=best["loader", n]["first_batch_s"], **info) for n in (1, 2)]
-        for kind, label in (("ray", "ray_data"), ("loader", "dataloader")):
-            two, one = best[kind, 2], best[kind, 1]
-            out.append(emit(f"ingest/{label}/scaling_1to2", two, one,
-                            efficiency=round(two["rate"] / one["rate"] / 2, 3), **info))
-        return out
+                "repeats": args.repeats, "host_cpus": os.cpu_count(), "backend": args.backend}
+        return records(best, info)
     finally:
         if ray.is_initialized():
             ray.shutdown()
         stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _exit_on_sigterm(signum, frame):  # so that `finally` stops the servers we started
@@ -261,6 +273,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     p.add_argument("--videos", type=int, default=None, help="distinct videos (default 6; quick 2)")
     p.add_argument("--clips", type=int, default=None, help="clips per epoch (default 96; quick 8)")
     p.add_argument("--batch", type=int, default=8, help="clips per consumer batch")
+    p.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS,
+                   help="decoder backend (both sides)")
     p.add_argument("--repeats", type=int, default=None, help="runs per configuration (default 2; quick 1)")
     args = p.parse_args(argv)
     quick = args.quick
