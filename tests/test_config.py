@@ -40,6 +40,7 @@ def test_dotted_overrides_apply_in_order():
     ("train.steps=many", ["train.steps", "many"]),
     ("data.frames=0", ["data.frames", "> 0"]),
     ("data.train_short_side=[32,48]", ["train_short_side", "crop_size"]),
+    ("data.eval_crop_size=96", ["eval_crop_size", "eval_short_side"]),
     ("nonsense=1", ["nonsense", "model", "train"]),
     ("train.steps", ["section.key=value"]),
 ])
