@@ -31,12 +31,10 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -47,45 +45,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nlray.config import DataConfig  # noqa: E402
 from nlray.data.decode import BACKENDS, DEFAULT_BACKEND  # noqa: E402
 from nlray.data.pipeline import ClipDecoder, build_train_dataset  # noqa: E402
+from nlray.servers import start_moto, stop  # noqa: E402
 
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 # ------------------------------------------------------------------------------- S3 endpoint
-
-
-def start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
-    """A moto_server on a free 127.0.0.1 port, in its own process group; (process, url)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = Path(sys.executable).parent / "moto_server"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto_server exited with {proc.returncode}; see {log_path}")
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=2)
-            return proc, url
-        except OSError:
-            time.sleep(0.2)
-    stop(proc)
-    raise RuntimeError(f"moto_server did not serve {url} within 60 s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop the server we started, by its own process group (pid == pgid: start_new_session)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def make_videos(bucket: str, *, count: int, width: int, height: int, seconds: float, tmp: Path) -> list[str]:

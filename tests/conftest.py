@@ -6,64 +6,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
+from nlray.servers import BIN, free_port, start, start_moto, stop
+
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before serving {url}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError as e:  # URLError/HTTPError are OSErrors; an HTTP error still means it serves
-            if getattr(e, "code", None):
-                return
-            time.sleep(0.2)
-    raise RuntimeError(f"nothing served {url} within {timeout}s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop a server we started, by its own process group (its id is the pid we launched)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory):
     """URL of a real S3 HTTP endpoint (moto_server) on 127.0.0.1; AWS env vars point at it."""
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
     saved = {k: os.environ.get(k) for k in [*FAKE_AWS, "AWS_ENDPOINT_URL"]}
     try:
-        wait_http(url + "/moto-api/", proc)
         os.environ.update(FAKE_AWS, AWS_ENDPOINT_URL=url)
         yield url
     finally:
@@ -73,7 +30,6 @@ def s3_endpoint(tmp_path_factory):
             else:
                 os.environ[k] = v
         stop(proc)
-        log.close()
 
 
 @pytest.fixture
@@ -110,16 +66,13 @@ def mlflow_server(tmp_path_factory):
     """URI of a real `mlflow server` subprocess on 127.0.0.1 (sqlite backend, local artifacts)."""
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
-    log = open(root / "server.log", "w")
     cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
            "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    proc = start(cmd, url + "/health", root / "server.log", timeout=120)
     try:
-        wait_http(url + "/health", proc, timeout=120)
         yield url
     finally:
         stop(proc)
-        log.close()
         shutil.rmtree(root / "artifacts", ignore_errors=True)

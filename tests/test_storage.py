@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +13,7 @@ import pyarrow.parquet as pq
 import pyarrow as pa
 import pytest
 
-from conftest import BIN, free_port, stop, wait_http
+from nlray.servers import start_moto, stop
 from nlray.data import storage
 from nlray.data.storage import MissingObjectError, StorageError
 
@@ -108,18 +107,13 @@ POLICY = json.dumps({"Version": "2012-10-17",
 
 
 @pytest.fixture(scope="module")
-def auth_s3():
+def auth_s3(tmp_path_factory):
     """A second moto_server that checks signatures against its IAM users (moto's reset-auth API).
 
     Yields (url, bucket, good key pair, key pair of a user with no policy).
     """
-    port = free_port()
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_moto(tmp_path_factory.mktemp("auth-moto") / "moto.log")
     try:
-        wait_http(url + "/moto-api/", proc)
         kw = dict(endpoint_url=url, aws_access_key_id="setup", aws_secret_access_key="setup",
                   region_name="us-east-1")
         iam = boto3.client("iam", **kw)
