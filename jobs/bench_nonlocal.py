@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import gc
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -32,7 +34,12 @@ from typing import Callable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-INSTANTIATIONS = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
+import torch  # noqa: E402
+
+from nlray.choices import INSTANTIATIONS  # noqa: E402
+from nlray.models.nonlocal_block import NonLocalBlock, nonlocal_core  # noqa: E402
+from nlray.models.reference import reference_block, reference_core  # noqa: E402
+
 FRAMES = (32, 128)  # clip lengths; the non-local stages see T = frames / 8
 STAGE_SHAPES = {"res3": (512, 28), "res4": (1024, 14), "tiny": (16, 8)}  # channels, H = W ("tiny": smoke)
 LEVELS = ("core", "block")
@@ -70,11 +77,6 @@ def shape_of(name: str) -> dict:
 
 def make_step(name: str, impl: str, device: str, dtype: str) -> Callable[[], None]:
     """forward + backward of one implementation on the case's inputs (fixed seed: same for both)."""
-    import torch
-
-    from nlray.models.nonlocal_block import NonLocalBlock, nonlocal_core
-    from nlray.models.reference import reference_block, reference_core
-
     inst, _, _, level = name.split("/")
     s = shape_of(name)
     torch.manual_seed(0)
@@ -104,8 +106,6 @@ def make_step(name: str, impl: str, device: str, dtype: str) -> Callable[[], Non
 
 def _sync(device: str) -> None:
     if device == "cuda":
-        import torch
-
         torch.cuda.synchronize()
 
 
@@ -134,9 +134,6 @@ def _proc_status() -> dict[str, int]:
 
 
 def _cpu_peak(step: Callable[[], None], repeats: int) -> tuple[list[int], str]:
-    import gc
-    import resource
-
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -161,8 +158,6 @@ def memory_worker(name: str, impl: str, device: str, dtype: str, repeats: int) -
     if device != "cuda":
         peaks, method = _cpu_peak(step, repeats)
         return {"peaks": peaks, "method": method}
-    import torch
-
     step()
     peaks = []
     for _ in range(repeats):

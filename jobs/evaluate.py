@@ -13,6 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nlray.train.evaluate import run_evaluation  # noqa: E402
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,8 +34,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = parser().parse_args(argv)
-    from nlray.train.evaluate import run_evaluation
-
     metrics = run_evaluation(ref=args.run or args.checkpoint, data=args.data, split=args.split,
                              clips=args.clips, crops=args.crops, actors=args.actors, use_gpu=args.gpu,
                              tracking_uri=args.tracking_uri, overrides=args.overrides)

@@ -10,12 +10,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nlray.train.cli import parse  # noqa: E402
+from nlray.train.trainer import fit  # noqa: E402
 
 
 def main(argv=None) -> dict:
     cfg = parse(__doc__, "demo", argv)
-    from nlray.train.trainer import fit
-
     result = fit(cfg)
     print(result)
     return result

@@ -13,20 +13,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nlray.train.cli import parse  # noqa: E402
+from nlray.train.demo import run_demo  # noqa: E402
+from nlray.train.trainer import fit  # noqa: E402
 
 
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
-        from nlray.train.demo import run_demo
-
         return run_demo()
     cfg = parse(__doc__, "nl_i3d_r50_128f", argv)
     if not cfg.train.init_from:
         print("warning: no --init-from: fine-tuning long clips from scratch (the paper starts from a "
               "32-frame model)", file=sys.stderr)
-    from nlray.train.trainer import fit
-
     result = fit(cfg)
     print(result)
     return result

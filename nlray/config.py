@@ -19,6 +19,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nlray import choices
+
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
@@ -124,17 +126,17 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
-# Allowed values of the string choices: key -> allowed.
+# Allowed values of the enumerated keys: key -> allowed (the tuples live in nlray/choices.py).
 CHOICES = {
-    "model.arch": ("c2d", "i3d", "i3d3x3x3"),
-    "model.depth": (50, 101),
-    "model.nonlocal_blocks": (0, 1, 5, 10),
-    "model.nl_instantiation": ("gaussian", "embedded_gaussian", "dot_product", "concatenation"),
-    "model.nl_mode": ("spacetime", "space", "time"),
-    "model.nl_subsample_where": ("after", "before"),
-    "model.pool_variant": ("paper", "caffe2"),
-    "model.temporal_padding": ("zeros", "replicate"),
-    "data.backend": ("decord", "pyav"),
+    "model.arch": choices.ARCHS,
+    "model.depth": choices.DEPTHS,
+    "model.nonlocal_blocks": choices.NONLOCAL_BLOCKS,
+    "model.nl_instantiation": choices.INSTANTIATIONS,
+    "model.nl_mode": choices.NL_MODES,
+    "model.nl_subsample_where": choices.SUBSAMPLE_WHERE,
+    "model.pool_variant": choices.POOL_VARIANTS,
+    "model.temporal_padding": choices.TEMPORAL_PADDING,
+    "data.backend": choices.DECODE_BACKENDS,
 }
 POSITIVE = ("data.frames", "data.frame_stride", "data.crop_size", "data.eval_short_side",
             "data.eval_crop_size", "data.eval_num_clips", "data.eval_num_crops", "data.batch_size",
@@ -234,9 +236,11 @@ def validate(cfg: Config) -> None:
     if cfg.data.eval_crop_size > cfg.data.eval_short_side:
         raise ConfigError(f"data.eval_crop_size={cfg.data.eval_crop_size} must be <= "
                           f"data.eval_short_side={cfg.data.eval_short_side}")
-    if cfg.model.stage_depths is not None and (len(cfg.model.stage_depths) != 4
-                                               or min(cfg.model.stage_depths) < 1):
-        raise ConfigError(f"model.stage_depths={cfg.model.stage_depths!r} must be 4 depths >= 1")
+    if cfg.model.stage_depths is not None:
+        try:
+            choices.check_stage_depths(cfg.model.stage_depths)
+        except ValueError as e:
+            raise ConfigError(f"model.{e}") from None
     if cfg.model.num_classes < 0:
         raise ConfigError(f"model.num_classes={cfg.model.num_classes!r} must be >= 0 (0 = from the labels)")
     if not 0.0 <= cfg.model.dropout < 1.0:

@@ -8,6 +8,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 
 from nlray.config import ModelConfig
 from nlray.models import build_model, c2d_resnet, i3d3x3x3_resnet, i3d_resnet, inflate_from_2d
+from nlray.train.weights import load_pretrained
 
 
 def calibrated(net2d: nn.Module, size: int = 64) -> nn.Module:
@@ -103,19 +104,20 @@ def tiny_2d() -> nn.Module:
     return ResNet(Bottleneck, [1, 1, 1, 1], num_classes=10)
 
 
-def test_build_model_loads_pretrained_weights_from_a_path_and_a_file_uri(tmp_path):
+def test_pretrained_weights_load_from_a_path_and_a_file_uri(tmp_path):
     net2d = tiny_2d()
     path = tmp_path / "resnet.pt"
     torch.save(net2d.state_dict(), path)
     for source in (str(path), path.as_uri()):
-        model = build_model(ModelConfig(arch="c2d", stage_depths=[1, 1, 1, 1], num_classes=5, pretrained=source))
+        model = build_model(ModelConfig(arch="c2d", stage_depths=[1, 1, 1, 1]), num_classes=5)
+        load_pretrained(model, source)
         torch.testing.assert_close(model.conv1.weight[:, :, 0], net2d.conv1.weight)
         assert model.fc.out_features == 5
     with pytest.raises(FileNotFoundError, match="no-such.pt"):
-        build_model(ModelConfig(num_classes=5, pretrained=str(tmp_path / "no-such.pt")))
+        load_pretrained(build_model(ModelConfig(), num_classes=5), str(tmp_path / "no-such.pt"))
 
 
-def test_build_model_loads_pretrained_weights_from_s3(s3_bucket):
+def test_pretrained_weights_load_from_s3(s3_bucket):
     import io
 
     import boto3
@@ -124,6 +126,6 @@ def test_build_model_loads_pretrained_weights_from_s3(s3_bucket):
     buf = io.BytesIO()
     torch.save(net2d.state_dict(), buf)
     boto3.client("s3").put_object(Bucket=s3_bucket, Key="weights/r.pt", Body=buf.getvalue())
-    model = build_model(ModelConfig(arch="i3d", stage_depths=[1, 1, 1, 1], num_classes=5,
-                                    pretrained=f"s3://{s3_bucket}/weights/r.pt"))
+    model = build_model(ModelConfig(arch="i3d", stage_depths=[1, 1, 1, 1]), num_classes=5)
+    load_pretrained(model, f"s3://{s3_bucket}/weights/r.pt")
     torch.testing.assert_close(model.conv1.weight.sum(2), net2d.conv1.weight)

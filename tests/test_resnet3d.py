@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from nlray.config import Config, ModelConfig, load_config
+from nlray.config import ModelConfig, load_config
 from nlray.models import (FrozenBatchNorm3d, NonLocalBlock, ResNet3D, build_model, c2d_resnet,
                           freeze_batchnorm, i3d3x3x3_resnet, i3d_resnet)
 
@@ -18,7 +18,7 @@ TABLE_1 = {"conv1": (64, 16, 112, 112), "pool1": (64, 8, 56, 56), "layer1": (256
 
 def meta_model(preset: str, *overrides: str) -> ResNet3D:
     with torch.device("meta"):
-        return build_model(preset, num_classes=400, overrides=["model.pretrained=none", *overrides])
+        return build_model(load_config(preset, list(overrides)).model, num_classes=400)
 
 
 def stage_shapes(model: nn.Module, clip: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
@@ -112,7 +112,7 @@ def test_unknown_options_name_the_allowed_values():
     with pytest.raises(ValueError, match="no placement table for 3"):
         c2d_resnet(nonlocal_blocks=3, width=8)
     with pytest.raises(ValueError, match="num_classes=0"):
-        build_model(ModelConfig(num_classes=0))
+        build_model(ModelConfig(), num_classes=0)
 
 
 def small(**kwargs) -> ResNet3D:
@@ -131,20 +131,30 @@ def test_a_32_frame_state_dict_loads_into_a_128_frame_model():
     assert a(torch.randn(2, 3, 8, 32, 32)).shape == (2, 7)
 
 
-def test_build_model_takes_a_preset_a_config_or_a_model_config():
+def test_build_model_builds_the_architecture_only():
     cfg = load_config("demo")
-    models = [build_model("demo", num_classes=6), build_model(cfg, num_classes=6),
-              build_model(dataclasses.replace(cfg.model, num_classes=6))]
+    models = [build_model(cfg.model, num_classes=6), build_model(dataclasses.replace(cfg.model, num_classes=6),
+                                                                 num_classes=6)]
     shapes = [{k: v.shape for k, v in m.state_dict().items()} for m in models]
-    assert shapes[0] == shapes[1] == shapes[2]
+    assert shapes[0] == shapes[1]
     assert models[0].fc.out_features == 6 and models[0].dropout.p == cfg.model.dropout
     long_cfg = load_config("demo_128f")
-    full = build_model(dataclasses.replace(long_cfg, model=dataclasses.replace(long_cfg.model, num_classes=6)))
-    assert full.layer1.activation_checkpointing  # train.activation_checkpointing
-    assert not any(isinstance(m, nn.BatchNorm3d) for m in full.modules())  # train.freeze_bn
-    assert not build_model(Config(model=ModelConfig(num_classes=3), name="x"),
-                           activation_checkpointing=False).layer1.activation_checkpointing
+    full = build_model(long_cfg.model, num_classes=6, activation_checkpointing=True)
+    assert full.layer1.activation_checkpointing
+    # freezing BN is the trainer's step (train.freeze_bn), not the builder's: the model is unchanged
+    assert any(isinstance(m, nn.BatchNorm3d) for m in full.modules())
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in freeze_batchnorm(full).modules())
+    assert not build_model(ModelConfig(), num_classes=3).layer1.activation_checkpointing
     assert i3d_resnet(width=8).dropout.p == 0.5  # the paper's default
+
+
+def test_the_package_docstring_example_runs():
+    import doctest
+
+    import nlray.models
+
+    result = doctest.testmod(nlray.models, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 4 and result.failed == 0
 
 
 def test_activation_checkpointing_changes_nothing_but_memory():

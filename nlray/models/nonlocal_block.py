@@ -21,16 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-INSTANTIATIONS = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
-MODES = ("spacetime", "space", "time")
-SUBSAMPLE_WHERE = ("after", "before")
+from nlray.choices import INSTANTIATIONS, SUBSAMPLE_WHERE, check_choice
+from nlray.choices import NL_MODES as MODES
+
 SUBSAMPLE_KERNEL = (1, 2, 2)  # max-pool of φ and g: 4x fewer key positions, same output size
-
-
-def check_choice(name: str, value: object, allowed: tuple) -> None:
-    """ValueError naming the bad value and the allowed ones."""
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of {list(allowed)}")
 
 
 def subsample(x: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-SOFTMAX = ("gaussian", "embedded_gaussian")
+from nlray.choices import SOFTMAX_INSTANTIATIONS as SOFTMAX
 
 
 def allowed_pairs(query_size: tuple[int, int, int], key_size: tuple[int, int, int], *, mode: str,

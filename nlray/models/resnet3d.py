@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from nlray.models.nonlocal_block import NonLocalBlock, check_choice
+from nlray.choices import POOL_VARIANTS, STAGE_DEPTHS, TEMPORAL_PADDING, check_choice, check_stage_depths
+from nlray.models.nonlocal_block import NonLocalBlock
 
 STAGES = (2, 3, 4, 5)  # res2..res5
-STAGE_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}  # residual blocks per stage
 EXPANSION = 4  # bottleneck output = 4 x its inner width
 STAGE_WIDTH = (1, 2, 4, 8)  # inner width of res2..res5 in units of `width` (64: 64, 128, 256, 512)
 
@@ -53,7 +53,6 @@ POOLS = {
     "paper": (((3, 3, 3), (2, 2, 2), (1, 1, 1)), ((3, 1, 1), (2, 1, 1), (1, 0, 0))),  # Table 1
     "caffe2": (((2, 3, 3), (2, 2, 2), (0, 1, 1)), ((2, 1, 1), (2, 1, 1), (0, 0, 0))),  # released code
 }
-TEMPORAL_PADDING = ("zeros", "replicate")
 
 
 class ReplicateTimeConv3d(nn.Conv3d):
@@ -170,7 +169,7 @@ class ResNet3D(nn.Module):
                  pool_variant: str = "paper", dropout: float = 0.5, temporal_padding: str = "zeros",
                  activation_checkpointing: bool = False):
         super().__init__()
-        check_choice("pool_variant", pool_variant, tuple(POOLS))
+        check_choice("pool_variant", pool_variant, POOL_VARIANTS)
         check_choice("temporal_padding", temporal_padding, TEMPORAL_PADDING)
         if len(temporal_kernels) != len(STAGES) or min(map(len, temporal_kernels)) < 1:
             raise ValueError(f"temporal_kernels needs 4 stages of >= 1 block, got depths "
@@ -270,8 +269,7 @@ def nonlocal_placement(depth: int, blocks: int) -> tuple[tuple[int, int], ...]:
 def stage_depths_for(depth: int, stage_depths: Optional[Sequence[int]] = None) -> tuple[int, ...]:
     """The depth table's stages, or an explicit override of four depths."""
     if stage_depths is not None:
-        if len(stage_depths) != 4 or min(stage_depths) < 1:
-            raise ValueError(f"stage_depths={list(stage_depths)!r} must be 4 depths >= 1")
+        check_stage_depths(stage_depths)
         return tuple(stage_depths)
     check_choice("depth", depth, tuple(STAGE_DEPTHS))
     return STAGE_DEPTHS[depth]

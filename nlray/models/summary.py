@@ -15,6 +15,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from nlray.config import Config, load_config
+from nlray.models import build_model
 from nlray.models.nonlocal_block import NonLocalBlock
 from nlray.models.resnet3d import ResNet3D
 
@@ -84,14 +85,11 @@ def summarize(model: ResNet3D, *, clip: tuple[int, int, int], name: str = "") ->
 
 def summarize_config(cfg: Union[Config, str], overrides: Optional[list[str]] = None) -> ModelSummary:
     """Summary of a preset / Config at its clip size (data.frames × data.crop_size²)."""
-    from nlray.models import build_model
-
     name = cfg if isinstance(cfg, str) else cfg.name
     if isinstance(cfg, str):
         cfg = load_config(cfg, overrides)
-    model_cfg = dataclasses.replace(cfg.model, pretrained="none")  # shapes only: no download
-    with torch.device("meta"):
-        model = build_model(model_cfg, num_classes=model_cfg.num_classes or SUMMARY_CLASSES)
+    with torch.device("meta"):  # shapes only
+        model = build_model(cfg.model, num_classes=cfg.model.num_classes or SUMMARY_CLASSES)
     return summarize(model, clip=(cfg.data.frames, cfg.data.crop_size, cfg.data.crop_size), name=name)
 
 

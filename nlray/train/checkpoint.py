@@ -17,7 +17,9 @@ from typing import Any, Optional
 
 import torch
 
-from nlray.config import Config, to_yaml
+from nlray.config import Config, from_yaml, to_yaml
+from nlray.data.storage import join, read_bytes
+from nlray.tracking import Run
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -63,48 +65,36 @@ def fetch_weights(init_from: str, *, tracking_uri: str, endpoint_url: str = "") 
     """Model state dict from an MLflow run id, ``runs:/<id>[/path]``, or a checkpoint dir / .pt URI."""
     if is_run_ref(init_from):
         return _from_mlflow(init_from, tracking_uri)
-    from nlray.data.storage import join, read_bytes
-
     uri = init_from if init_from.endswith(".pt") else join(init_from, "model.pt")
     return _load_bytes(read_bytes(uri, endpoint_url=endpoint_url), uri)
 
 
 def fetch_trained(ref: str, *, tracking_uri: str, endpoint_url: str = "") -> tuple[Config, dict, dict]:
     """(config, model state, meta) of a finished run (MLflow id / runs:/) or a checkpoint directory URI."""
-    from nlray.config import from_yaml
-
     if is_run_ref(ref):
-        import mlflow
-
         run_id = ref.removeprefix("runs:/").split("/")[0]
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                d = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint", dst_path=tmp,
-                                                        tracking_uri=tracking_uri)
+                d = Run(run_id, tracking_uri).download("checkpoint", tmp)
             except Exception as e:
                 raise ValueError(f"{ref!r}: MLflow run {run_id} at {tracking_uri} has no final checkpoint "
                                  f"artifact (did it finish?): {e}") from None
             state = load(d)
             cfg = from_yaml((Path(d) / "config.yaml").read_text())
         return cfg, state["model"], state["meta"]
-    from nlray.data.storage import join, read_bytes
-
     read = lambda name: read_bytes(join(ref, name), endpoint_url=endpoint_url)  # noqa: E731
     meta = json.loads(read("meta.json"))
     return from_yaml(read("config.yaml").decode()), _load_bytes(read("model.pt"), join(ref, "model.pt")), meta
 
 
 def _from_mlflow(ref: str, tracking_uri: str) -> dict:
-    import mlflow
-
     run_id, _, path = ref.removeprefix("runs:/").partition("/")
     path = path or "checkpoint"
     if not path.endswith(".pt"):
         path = path.rstrip("/") + "/model.pt"
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp,
-                                                        tracking_uri=tracking_uri)
+            local = Run(run_id, tracking_uri).download(path, tmp)
         except Exception as e:
             raise ValueError(f"--init-from {ref!r}: no artifact {path!r} in MLflow run {run_id} at "
                              f"{tracking_uri}: {e}") from None

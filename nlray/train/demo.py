@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from nlray.config import Config, load_config
+from nlray.data import resolve_dataset
 from nlray.tracking import resolve_uri
+from nlray.train.trainer import fit
 
 
 def stage_configs(extra1: Sequence[str] = (), extra2: Sequence[str] = ()) -> tuple[Config, Config]:
@@ -19,8 +21,6 @@ def stage_configs(extra1: Sequence[str] = (), extra2: Sequence[str] = ()) -> tup
 
 
 def run_demo(extra1: Sequence[str] = (), extra2: Sequence[str] = (), *, chance: Optional[float] = None) -> dict:
-    from nlray.train.trainer import fit
-
     short, long = stage_configs(extra1, extra2)
     first = fit(short)
     long.train.init_from = first["run_id"]
@@ -30,8 +30,6 @@ def run_demo(extra1: Sequence[str] = (), extra2: Sequence[str] = (), *, chance: 
 
 
 def report(short: Config, first: dict, long: Config, second: dict) -> None:
-    from nlray.data import resolve_dataset
-
     _, labels = resolve_dataset(short.data)
     chance = 1.0 / len(labels)
     print("\nnlray embedded default: done")

@@ -7,6 +7,8 @@ Clip-level numbers score each view alone; video-level numbers score the average.
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -14,25 +16,27 @@ import pandas as pd
 import ray
 import torch
 
-from nlray.config import Config, from_yaml, to_yaml
+from nlray import raycluster, tracking
+from nlray.config import Config, TrackingConfig, apply_overrides, from_yaml, to_yaml
+from nlray.data import resolve_dataset
+from nlray.data.pipeline import build_eval_dataset
+from nlray.data.transforms import normalize_on_device
+from nlray.models import build_model
+from nlray.train import checkpoint
 
 
 class ViewScorer:
     """map_batches actor: uint8 views -> softmax scores, with the model loaded once per actor."""
 
     def __init__(self, cfg_yaml: str, state_ref: list, use_gpu: bool):
-        from nlray.models import build_model
-
         cfg = from_yaml(cfg_yaml)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.model = build_model(dataclasses.replace(cfg.model, pretrained="none"))
+        self.model = build_model(cfg.model, num_classes=cfg.model.num_classes)
         self.model.load_state_dict(ray.get(state_ref[0]))  # the ref is wrapped so Ray does not inline it
         self.model.to(self.device).eval()
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from nlray.data.transforms import normalize_on_device
-
         video = torch.as_tensor(batch["video"]).to(self.device)  # (B, T, H, W, C) uint8
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             logits = self.model(normalize_on_device(video, dtype=torch.float32))  # (B, K)
@@ -82,8 +86,6 @@ class VideoScores:
 def evaluate(cfg: Config, df: pd.DataFrame, model_state: dict, *, num_clips: Optional[int] = None,
              num_crops: Optional[int] = None, actors: int = 1, use_gpu: bool = False) -> VideoScores:
     """Score every view of the validation split; returns the accumulated VideoScores."""
-    from nlray.data.pipeline import build_eval_dataset
-
     views = build_eval_dataset(df, cfg.data, split=cfg.data.val_split, num_clips=num_clips,
                                num_crops=num_crops, log_name=f"nlray_bad_videos_{cfg.name}_eval")
     state_ref = [ray.put(model_state)]
@@ -102,19 +104,10 @@ def run_evaluation(*, ref: str, data: Optional[str] = None, split: Optional[str]
                    use_gpu: bool = False, tracking_uri: Optional[str] = None,
                    overrides: Sequence[str] = ()) -> dict[str, float]:
     """jobs/evaluate.py: score a finished run / checkpoint and log clip- and video-level top-k to MLflow."""
-    import os
-    from pathlib import Path
-
-    from nlray import tracking
-    from nlray.config import TrackingConfig
-    from nlray.data import resolve_dataset
-    from nlray.train import checkpoint
-    from nlray.train.trainer import connect_ray
-
     uri = tracking.resolve_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or TrackingConfig.uri)
     cfg, state, meta = checkpoint.fetch_trained(ref, tracking_uri=uri)
     cfg = _with_overrides(cfg, overrides, data=data, split=split, tracking_uri=uri)
-    connect_ray(cfg)
+    raycluster.connect(cfg.cluster.address, cfg.cluster.num_cpus)
     df, labels = resolve_dataset(cfg.data)
     if meta.get("labels") and meta["labels"] != labels:
         raise ValueError(f"the model was trained on {len(meta['labels'])} classes that differ from the "
@@ -124,17 +117,16 @@ def run_evaluation(*, ref: str, data: Optional[str] = None, split: Optional[str]
     run_id = meta.get("mlflow_run_id") if checkpoint.is_run_ref(ref) else None
     if run_id is None:
         eval_cfg = dataclasses.replace(cfg, name=f"eval-{cfg.name}")
-        run_id, _ = tracking.start_or_resume_run(eval_cfg, labels, {"evaluated": ref})
-    tracking.log_metrics(run_id, uri, metrics, int(meta.get("step", 0)))
+        run, _ = tracking.start_or_resume_run(eval_cfg, labels, {"evaluated": ref})
+    else:
+        run = tracking.Run(run_id, uri)
+    run.log_metrics(metrics, int(meta.get("step", 0)))
     with tracking.tmpdir() as tmp:
-        png = tracking.confusion_png(scores.confusion(), labels, Path(tmp) / "eval_per_class_accuracy.png")
-        tracking.log_png(run_id, uri, png)
-    return {**metrics, "run_id": run_id}
+        run.log_png(tracking.confusion_png(scores.confusion(), labels, Path(tmp) / "eval_per_class_accuracy.png"))
+    return {**metrics, "run_id": run.id}
 
 
 def _with_overrides(cfg: Config, overrides: Sequence[str], *, data, split, tracking_uri: str) -> Config:
-    from nlray.config import apply_overrides
-
     cfg = apply_overrides(cfg, list(overrides))
     if data:
         cfg.data.root = data

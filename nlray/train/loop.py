@@ -4,10 +4,9 @@ Rank 0 alone writes: MLflow step metrics (into the run the driver made) and chec
 """
 from __future__ import annotations
 
-import dataclasses
 import tempfile
-from contextlib import nullcontext
 import time
+from contextlib import nullcontext
 from typing import Iterator, Optional
 
 import numpy as np
@@ -19,18 +18,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from nlray import tracking
 from nlray.config import Config, from_yaml
+from nlray.data.transforms import normalize_on_device
+from nlray.models import build_model, freeze_batchnorm
+from nlray.tracking import Run
 from nlray.train import checkpoint
 from nlray.train.optim import accumulation_steps, build_optimizer, global_batch, lr_at, peak_lr
 
 
 def build_worker_model(cfg: Config) -> nn.Module:
     """The bare model a worker trains (pretrained weights come from the driver, not a download per worker)."""
-    from nlray.models import build_model
-
-    mcfg = dataclasses.replace(cfg.model, pretrained="none")
-    return build_model(mcfg, activation_checkpointing=cfg.train.activation_checkpointing)
+    return build_model(cfg.model, num_classes=cfg.model.num_classes,
+                       activation_checkpointing=cfg.train.activation_checkpointing)
 
 
 def pick_video_label(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -54,8 +53,6 @@ def synced_batches(batches, device: torch.device) -> Iterator[tuple[dict, float]
 
 
 def forward_loss(model: nn.Module, batch: dict, device: torch.device, bf16: bool) -> tuple[torch.Tensor, int]:
-    from nlray.data.transforms import normalize_on_device
-
     video = batch["video"].to(device, non_blocking=True)  # (B, T, H, W, C) uint8
     x = normalize_on_device(video, dtype=torch.float32)  # (B, C, T, H, W) float
     y = batch["label"].to(device, non_blocking=True)
@@ -134,7 +131,8 @@ def bad_video_metrics(cfg: Config) -> dict[str, float]:
 
 
 def train_func(config: dict) -> None:
-    """Ray Train entry point. config: cfg (YAML), labels, run_id, init_ref (ObjectRef of a state dict or None)."""
+    """Ray Train entry point. config: cfg (YAML), labels, run (tracking.Run), init_ref (ObjectRef of a
+    state dict or None)."""
     cfg = from_yaml(config["cfg"])
     tcfg, rank = cfg.train, ray.train.get_context().get_world_rank()
     torch.manual_seed(tcfg.seed + rank)
@@ -142,8 +140,6 @@ def train_func(config: dict) -> None:
     model = build_worker_model(cfg)
     opt_state, step, epoch = restore(model, config["init_ref"])
     if tcfg.freeze_bn:
-        from nlray.models import freeze_batchnorm
-
         model = freeze_batchnorm(model)
     model = ray.train.torch.prepare_model(model)
     accum = accumulation_steps(tcfg, cfg.data.batch_size)
@@ -154,7 +150,7 @@ def train_func(config: dict) -> None:
     bf16 = tcfg.bf16 and device.type == "cuda"
     shard = ray.train.get_dataset_shard("train")
     meter, micro, last_saved = Meter(device), 0, step
-    meta = {"labels": config["labels"], "mlflow_run_id": config["run_id"], "schedule": {
+    meta = {"labels": config["labels"], "mlflow_run_id": config["run"].id, "schedule": {
         "peak_lr": peak, "milestones": tcfg.lr_milestones, "gamma": tcfg.lr_gamma, "warmup": tcfg.warmup_steps}}
     model.train()
     while step < tcfg.steps:
@@ -177,7 +173,7 @@ def train_func(config: dict) -> None:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if step % tcfg.log_every == 0 or step == tcfg.steps:
-                log_interval(cfg, config["run_id"], meter, step, epoch, lr)
+                log_interval(cfg, config["run"], meter, step, epoch, lr)
             if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
                 save_and_report(model, optimizer, cfg=cfg, meta={**meta, "step": step, "epoch": epoch},
                                 metrics={"step": step, "epoch": epoch})
@@ -190,9 +186,9 @@ def train_func(config: dict) -> None:
                         metrics={"step": step, "epoch": epoch})
 
 
-def log_interval(cfg: Config, run_id: str, meter: Meter, step: int, epoch: int, lr: float) -> None:
+def log_interval(cfg: Config, run: Run, meter: Meter, step: int, epoch: int, lr: float) -> None:
     metrics = meter.reduce()  # a collective: every rank calls it
     meter.reset()
     if ray.train.get_context().get_world_rank() == 0:
         metrics.update({"train/lr": lr, "train/epoch": epoch, **bad_video_metrics(cfg)})
-        tracking.log_metrics(run_id, cfg.tracking.uri, metrics, step)
+        run.log_metrics(metrics, step)

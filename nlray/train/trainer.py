@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 import ray
@@ -17,25 +15,19 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from nlray import tracking
+from nlray import raycluster, tracking
 from nlray.config import Config, ConfigError, to_yaml
+from nlray.data import resolve_dataset
+from nlray.data.pipeline import bad_video_list, build_train_dataset
+from nlray.data.storage import pyarrow_filesystem
+from nlray.models import build_model
+from nlray.tracking import Run
 from nlray.train import checkpoint
 from nlray.train.evaluate import evaluate
+from nlray.train.weights import initial_weights
 from nlray.train.loop import bad_log_name, train_func
 
 log = logging.getLogger("nlray")
-
-
-def connect_ray(cfg: Config) -> None:
-    """Join the cluster (ray job submit sets RAY_ADDRESS) or start a local one."""
-    if ray.is_initialized():
-        return
-    if cfg.cluster.address:
-        ray.init(address=cfg.cluster.address)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(num_cpus=cfg.cluster.num_cpus or None)
 
 
 def resolve_classes(cfg: Config, labels: list[str]) -> Config:
@@ -46,41 +38,11 @@ def resolve_classes(cfg: Config, labels: list[str]) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(labels)))
 
 
-def initial_weights(cfg: Config) -> Optional[dict]:
-    """The driver fetches initial weights once: a (32-frame) checkpoint / run, or inflated ImageNet."""
-    if cfg.train.init_from:
-        state = checkpoint.fetch_weights(cfg.train.init_from, tracking_uri=tracking.resolve_uri(cfg.tracking.uri),
-                                         endpoint_url=cfg.data.s3_endpoint_url)
-        check_compatible(cfg, state)
-        return state
-    if cfg.model.pretrained != "none":
-        from nlray.models import build_model
-
-        return build_model(cfg.model).state_dict()
-    return None
-
-
-def check_compatible(cfg: Config, state: dict) -> None:
-    """Fail on the driver, naming the keys, before workers start: same architecture, same classes."""
-    from nlray.models import build_model
-
-    want = build_model(dataclasses.replace(cfg.model, pretrained="none")).state_dict()
-    missing = sorted(set(want) - set(state))
-    unexpected = sorted(set(state) - set(want))
-    shapes = [k for k in want if k in state and want[k].shape != state[k].shape]
-    if missing or unexpected or shapes:
-        raise ValueError(f"--init-from {cfg.train.init_from!r} does not fit model {cfg.model.arch}-R"
-                         f"{cfg.model.depth}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                         f"shape mismatch {[(k, tuple(state[k].shape), tuple(want[k].shape)) for k in shapes[:5]]}")
-
-
 def storage(cfg: Config) -> tuple[str, object]:
     """RunConfig storage: (path, pyarrow filesystem or None). S3 goes through our configured filesystem
     because Ray's own s3:// resolution ignores a custom endpoint."""
     path = cfg.train.storage_path
     if path.startswith("s3://"):
-        from nlray.data.storage import pyarrow_filesystem
-
         fs, fs_path = pyarrow_filesystem(path, endpoint_url=cfg.data.s3_endpoint_url)
         return fs_path, fs
     return str(Path(path.removeprefix("file://")).expanduser().resolve()), None
@@ -96,12 +58,12 @@ def train_rows(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     return pd.concat([rows] * cfg.data.repeat, ignore_index=True)
 
 
-def make_trainer(cfg: Config, labels: list[str], run_id: str, init_ref, train_ds) -> TorchTrainer:
+def make_trainer(cfg: Config, labels: list[str], run: Run, init_ref, train_ds) -> TorchTrainer:
     path, fs = storage(cfg)
     tcfg = cfg.train
     return TorchTrainer(
         train_func,
-        train_loop_config={"cfg": to_yaml(cfg), "labels": labels, "run_id": run_id, "init_ref": init_ref},
+        train_loop_config={"cfg": to_yaml(cfg), "labels": labels, "run": run, "init_ref": init_ref},
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                                      resources_per_worker={"CPU": tcfg.cpus_per_worker,
                                                            **({"GPU": 1} if tcfg.use_gpu else {})}),
@@ -114,63 +76,55 @@ def make_trainer(cfg: Config, labels: list[str], run_id: str, init_ref, train_ds
 
 def fit(cfg: Config) -> dict:
     """Train (or resume) the run named cfg.name; returns its final metrics, run id and checkpoint path."""
-    from nlray.data import resolve_dataset
-    from nlray.data.pipeline import build_train_dataset
-
     if not cfg.name:
         raise ConfigError("name is empty: every run needs a name (--name); the same name resumes")
-    connect_ray(cfg)
+    raycluster.connect(cfg.cluster.address, cfg.cluster.num_cpus)
     df, labels = resolve_dataset(cfg.data)
     cfg = resolve_classes(cfg, labels)
     cfg.tracking.uri = tracking.resolve_uri(cfg.tracking.uri)  # workers run in other directories
-    run_id, resumed = tracking.start_or_resume_run(cfg, labels, {"world_size": cfg.train.num_workers})
-    log.info("MLflow run %s (%s) at %s", run_id, "resumed" if resumed else "new", cfg.tracking.uri)
+    run, resumed = tracking.start_or_resume_run(cfg, labels, {"world_size": cfg.train.num_workers})
+    log.info("MLflow run %s (%s) at %s", run.id, "resumed" if resumed else "new", run.uri)
     try:
         init = initial_weights(cfg)
         init_ref = ray.put(init) if init is not None else None
         train_ds = build_train_dataset(train_rows(df, cfg), cfg.data, split=cfg.data.train_split,
                                        seed=cfg.train.seed, log_name=bad_log_name(cfg))
-        result = make_trainer(cfg, labels, run_id, init_ref, train_ds).fit()
-        out = finish(cfg, df, labels, run_id, result)
+        result = make_trainer(cfg, labels, run, init_ref, train_ds).fit()
+        out = finish(cfg, df, labels, run, result)
     except BaseException:
-        tracking.end_run(run_id, cfg.tracking.uri, status="FAILED")
+        run.end("FAILED")
         raise
-    tracking.end_run(run_id, cfg.tracking.uri)
+    run.end()
     return out
 
 
-def finish(cfg: Config, df, labels: list[str], run_id: str, result) -> dict:
+def finish(cfg: Config, df, labels: list[str], run: Run, result) -> dict:
     """Log the final weights, model, plots; evaluate multi-view on the validation split."""
-    uri = cfg.tracking.uri
     with result.checkpoint.as_directory() as d:
         state = checkpoint.load(d)
-        tracking.log_dir(run_id, uri, d, "checkpoint")  # final weights + config + meta
+        run.log_dir(d, "checkpoint")  # final weights + config + meta
     step = int(state["meta"]["step"])
-    tracking.set_tags(run_id, uri, {"nlray.checkpoints": result.path, "nlray.final_step": str(step)})
-    log_bad_videos(cfg, run_id)
-    from nlray.models import build_model
-
-    model = build_model(dataclasses.replace(cfg.model, pretrained="none"))
+    run.set_tags({"nlray.checkpoints": result.path, "nlray.final_step": str(step)})
+    log_bad_videos(cfg, run)
+    model = build_model(cfg.model, num_classes=cfg.model.num_classes)
     model.load_state_dict(state["model"])
-    tracking.log_model(run_id, uri, model, cfg.tracking.registered_model_name)
-    metrics = validate(cfg, df, labels, run_id, state["model"], step)
+    run.log_model(model, cfg.tracking.registered_model_name)
+    metrics = validate(cfg, df, labels, run, state["model"], step)
     with tracking.tmpdir() as tmp:
-        png = tracking.learning_curve_png(run_id, uri, ["train/loss", "train/clip_top1", "train/lr"],
+        png = tracking.learning_curve_png(run, ["train/loss", "train/clip_top1", "train/lr"],
                                           Path(tmp) / "learning_curve.png")
-        tracking.log_png(run_id, uri, png)
-    return {"run_id": run_id, "step": step, "checkpoint": result.path, **metrics}
+        run.log_png(png)
+    return {"run_id": run.id, "step": step, "checkpoint": result.path, **metrics}
 
 
-def log_bad_videos(cfg: Config, run_id: str) -> None:
+def log_bad_videos(cfg: Config, run: Run) -> None:
     """The bad videos met in training, by reason, as an artifact (their counts are metrics already)."""
-    from nlray.data.pipeline import bad_video_list
-
     rows = bad_video_list(bad_log_name(cfg))
     text = "uri\treason\tdetail\n" + "".join(f"{u}\t{r}\t{d}\n" for u, r, d in rows)
-    tracking.log_text(run_id, cfg.tracking.uri, text, "bad_videos.tsv")
+    run.log_text(text, "bad_videos.tsv")
 
 
-def validate(cfg: Config, df, labels: list[str], run_id: str, model_state: dict, step: int) -> dict:
+def validate(cfg: Config, df, labels: list[str], run: Run, model_state: dict, step: int) -> dict:
     val = df[df["split"] == cfg.data.val_split]
     if val.empty:
         log.warning("no %r split in the manifest: skipping validation", cfg.data.val_split)
@@ -181,8 +135,7 @@ def validate(cfg: Config, df, labels: list[str], run_id: str, model_state: dict,
                       use_gpu=cfg.train.use_gpu and torch.cuda.is_available())
     metrics = {f"val/{k}": v for k, v in scores.metrics().items()}
     metrics["val/views_per_video"] = clips * crops
-    tracking.log_metrics(run_id, cfg.tracking.uri, metrics, step)
+    run.log_metrics(metrics, step)
     with tracking.tmpdir() as tmp:
-        png = tracking.confusion_png(scores.confusion(), labels, Path(tmp) / "per_class_accuracy.png")
-        tracking.log_png(run_id, cfg.tracking.uri, png)
+        run.log_png(tracking.confusion_png(scores.confusion(), labels, Path(tmp) / "per_class_accuracy.png"))
     return metrics
