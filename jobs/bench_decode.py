@@ -28,6 +28,7 @@ recorded too. Methods alternate clip by clip on identical indices. One JSON obje
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import sys
@@ -37,12 +38,14 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nlray.data.decode import (BACKENDS, DEFAULT_BACKEND, Crop, crop_origin,  # noqa: E402
-                               open_video, read_frames, scaled_size)
+from nlray.data import transcode  # noqa: E402
+from nlray.data.decode import BACKENDS, DEFAULT_BACKEND, open_video, read_frames  # noqa: E402
 from nlray.data.sampling import eval_indices, train_indices  # noqa: E402
+from nlray.data.transforms import Crop, crop_origin, scaled_size  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------- videos
@@ -50,8 +53,6 @@ from nlray.data.sampling import eval_indices, train_indices  # noqa: E402
 
 def render_frames(*, width: int, height: int, num_frames: int, seed: int):
     """Kinetics-like RGB frames: panning smooth texture, two moving shapes, mild noise."""
-    import torch
-
     rng = np.random.default_rng(seed)
     pad = 200
     coarse = rng.integers(0, 256, (3, (height + pad) // 8, (width + pad) // 8)).astype(np.float32)
@@ -88,8 +89,6 @@ def write_raw(path: Path, *, width: int, height: int, fps: int, seconds: float, 
 
 def prepare(data: bytes, *, short_side: int) -> bytes:
     """The video through nlray.data.transcode (what prepare_kinetics.py --transcode runs per video)."""
-    from nlray.data import transcode
-
     return transcode.transcode_video(data, short_side=short_side)[0]
 
 
@@ -237,10 +236,6 @@ def _videos(args: argparse.Namespace, tmp: Path) -> tuple[dict, dict, dict]:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    import functools
-
-    import torch
-
     torch.set_num_threads(1)  # the decord backend resizes with torch: keep it to one core too
     with tempfile.TemporaryDirectory(prefix="bench_decode_") as tmp:
         forms, sizes, info = _videos(args, Path(tmp))

@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,12 +38,19 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
+import pandas as pd
+import ray
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_decode import render_frames  # noqa: E402
 from nlray.config import DataConfig  # noqa: E402
+from nlray.data import storage, transcode  # noqa: E402
+from nlray.data.clips import ClipDecoder  # noqa: E402
 from nlray.data.decode import BACKENDS, DEFAULT_BACKEND  # noqa: E402
-from nlray.data.pipeline import ClipDecoder, build_train_dataset  # noqa: E402
+from nlray.data.pipeline import build_train_dataset  # noqa: E402
 from nlray.servers import start_moto, stop  # noqa: E402
 
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -55,11 +61,6 @@ FAKE_AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS
 
 def make_videos(bucket: str, *, count: int, width: int, height: int, seconds: float, tmp: Path) -> list[str]:
     """Prepared-form videos (transcode's encoder and keyframe interval) uploaded; their URIs."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_decode import render_frames
-
-    from nlray.data import storage, transcode
-
     uris = []
     for v in range(count):
         path = tmp / f"v{v}.mp4"
@@ -137,13 +138,11 @@ def timed_epoch(batches) -> dict:
 
 
 def ray_epoch(df, cfg: DataConfig, batch: int) -> dict:
-    ds = build_train_dataset(df, cfg, log_name="bench_ingest", decoder=TimedClipDecoder)
+    ds = build_train_dataset(df, cfg, run_name="bench_ingest", decoder=TimedClipDecoder)
     return timed_epoch(ds.iter_torch_batches(batch_size=batch))
 
 
 def loader_epoch(df, cfg: DataConfig, batch: int, workers: int) -> dict:
-    import torch
-
     kwargs = dict(frames=cfg.frames, stride=cfg.frame_stride, short_side=tuple(cfg.train_short_side),
                   crop_size=cfg.crop_size, backend=cfg.backend, log_name="unused")
     data = ClipDataset(df.uri.tolist(), df.label_id.tolist(), kwargs)
@@ -198,9 +197,6 @@ def records(best: dict, info: dict) -> list[dict]:
 
 def run(args: argparse.Namespace) -> list[dict]:
     import boto3
-    import pandas as pd
-    import ray
-    import torch
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench_ingest_"))

@@ -15,11 +15,14 @@ import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nlray.data.synthetic import CLASSES, DEMO_SPEC, TINY_SPEC, make_dataset, plan_videos  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from nlray.data.synthetic import CLASSES, DEMO_SPEC
-
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--out", required=True, help="dataset root: local path, file:// or s3://bucket/prefix")
@@ -41,8 +44,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_spec(args: argparse.Namespace):
-    from nlray.data.synthetic import CLASSES, DEMO_SPEC, TINY_SPEC
-
     spec = TINY_SPEC if args.preset == "tiny" else DEMO_SPEC
     changes = {}
     if args.classes is not None:
@@ -68,8 +69,6 @@ def build_spec(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     spec = build_spec(args)
-    from nlray.data.synthetic import make_dataset, plan_videos
-
     start = time.perf_counter()
     make_dataset(args.out, spec, endpoint_url=args.endpoint_url, processes=args.processes,
                  overwrite=args.overwrite)

@@ -23,6 +23,17 @@ import io
 import json
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nlray import raycluster  # noqa: E402
+from nlray.data import storage  # noqa: E402
+from nlray.data.dataset import build_manifest  # noqa: E402
+from nlray.data.manifest import ManifestError, write_manifest  # noqa: E402
+from nlray.data.probe import probe_manifest  # noqa: E402
+from nlray.data.storage import StorageError  # noqa: E402
+from nlray.data.transcode import transcode_dataset  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,20 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def ensure_ray(address: str) -> None:
-    """Reuse a connected Ray (tests, ray job submit), else connect/start one."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address or None, log_to_driver=False)
-
-
 def transcode(args: argparse.Namespace, df):
     """Re-encode below --transcode; returns the new manifest and the failed rows."""
-    from nlray.data import storage
-    from nlray.data.transcode import transcode_dataset
-
-    ensure_ray(args.ray_address)
+    raycluster.connect(args.ray_address)
     new, report = transcode_dataset(df, root=args.root, out_root=args.transcode,
                                     short_side=args.short_side, keyint=args.keyint, crf=args.crf,
                                     preset=args.x264_preset, endpoint_url=args.endpoint_url,
@@ -79,8 +79,6 @@ def transcode(args: argparse.Namespace, df):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from nlray.data.manifest import build_manifest, write_manifest
-
     start = time.perf_counter()
     df, labels, missing = build_manifest(args.root, endpoint_url=args.endpoint_url)
     print(f"{len(df)} videos, {len(labels)} classes, {len(missing)} annotated videos missing")
@@ -91,17 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"transcoded {len(df)} videos to {args.transcode}; {len(failed)} failed")
         summary.update(transcoded=len(df), transcode_failed=failed["status"].value_counts().to_dict())
     if args.probe:
-        from nlray.data.probe import probe_manifest
-
-        ensure_ray(args.ray_address)
+        raycluster.connect(args.ray_address)
         df = probe_manifest(df, endpoint_url=args.endpoint_url, min_frames=args.min_frames,
                             concurrency=args.concurrency or None)
         summary["status"] = df["status"].value_counts().to_dict()
         print("probe: " + ", ".join(f"{k} {v}" for k, v in summary["status"].items()))
     written = write_manifest(df, labels, args.out, missing=missing, endpoint_url=args.endpoint_url)
     if args.transcode:  # the new root describes itself too
-        from nlray.data import storage
-
         write_manifest(df, labels, storage.join(args.transcode, "manifest.parquet"),
                        endpoint_url=args.endpoint_url)
     if missing:
@@ -113,9 +107,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli(argv: list[str] | None = None) -> int:
     """``main`` with bad input (a missing root, no access, a malformed CSV) as one clear line."""
-    from nlray.data.manifest import ManifestError
-    from nlray.data.storage import StorageError
-
     try:
         return main(argv)
     except (StorageError, ManifestError) as exc:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nlray.train.cli import parse  # noqa: E402
+from nlray.train.cli import parse, run_job  # noqa: E402
 from nlray.train.trainer import fit  # noqa: E402
 
 
 def main(argv=None) -> dict:
     cfg = parse(__doc__, "demo", argv)
-    result = fit(cfg)
+    result = run_job(fit, cfg)
     print(result)
     return result
 

@@ -6,26 +6,30 @@ global batch of 16, initialised from a 32-frame model.
 
 With no arguments at all this is the embedded default: synthetic data, a short 32-frame-style stage, then
 long-clip fine-tuning from it, 2 Ray Train workers on a local Ray, MLflow in ./mlflow.db.
+`--demo section.key=value ...` runs the same two stages with overrides applied to both. On a cluster
+(`ray job submit -- python jobs/train_longclip.py`) the cluster's NLRAY_STORAGE / MLFLOW_TRACKING_URI apply
+and the synthetic set is generated once into the shared storage.
 """
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nlray.train.cli import parse  # noqa: E402
+from nlray.train.cli import parse, run_job  # noqa: E402
 from nlray.train.demo import run_demo  # noqa: E402
 from nlray.train.trainer import fit  # noqa: E402
 
 
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv:
-        return run_demo()
+    if not argv or argv[0] == "--demo":
+        overrides = argv[1:]
+        return run_job(run_demo, overrides, overrides)
     cfg = parse(__doc__, "nl_i3d_r50_128f", argv)
     if not cfg.train.init_from:
         print("warning: no --init-from: fine-tuning long clips from scratch (the paper starts from a "
               "32-frame model)", file=sys.stderr)
-    result = fit(cfg)
+    result = run_job(fit, cfg)
     print(result)
     return result
 

@@ -16,6 +16,7 @@ SUBSAMPLE_WHERE = ("after", "before")  # paper: pool phi/g outputs | Caffe2: poo
 POOL_VARIANTS = ("paper", "caffe2")  # pool1 3x3x3 / pool2 3x1x1 | 2x3x3 / 2x1x1
 TEMPORAL_PADDING = ("zeros", "replicate")
 DECODE_BACKENDS = ("pyav", "decord")
+SYNTHETIC_SETS = ("demo", "tiny")  # nlray.data.synthetic DEMO_SPEC | TINY_SPEC
 BAD_VIDEO_REASONS = ("missing", "empty", "truncated", "undecodable")
 
 

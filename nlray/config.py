@@ -11,6 +11,7 @@ translates the ``model`` section into keyword arguments.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -51,7 +52,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    root: str = ""  # dataset root (official Kinetics layout) or a manifest .parquet; "" = synthetic demo set
+    root: str = ""  # dataset root (official Kinetics layout) or a manifest .parquet; "" = synthetic set
+    synthetic: str = "demo"  # the synthetic set used when root is "": demo (6 classes x 50) | tiny (tests)
     cache_dir: str = "~/.cache/nlray"  # synthetic data and manifests built from a root
     s3_endpoint_url: str = ""  # S3-compatible endpoint; "" = AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL / AWS
     train_split: str = "train"
@@ -66,7 +68,8 @@ class DataConfig:
     eval_num_crops: int = 3  # spatial crops covering the long side
     backend: str = "pyav"  # pyav | decord: PyAV's one-pass seek decoder measured faster here (bench_decode)
     batch_size: int = 8  # clips per worker per step
-    decode_actors: int = 2  # size of the CPU decoder actor pool
+    decode_actors: int = 2  # decoder actors the pool starts with (and keeps at least)
+    decode_actors_max: int = 0  # > decode_actors: the pool grows to this when it lags (autoscaler adds nodes)
     decode_cpus: float = 1.0  # CPUs reserved per decoder actor
     decode_batch: int = 4  # videos per map_batches call
     shuffle_seed: Optional[int] = None  # None: a new order every epoch
@@ -114,6 +117,12 @@ class TrackingConfig:
 class ClusterConfig:
     address: str = ""  # Ray address; "" = connect to a running cluster or start a local one
     num_cpus: int = 0  # logical CPUs of a local Ray; 0 = Ray's default
+    # Custom resources that place work on node types (cluster/*.yaml): each train worker asks 1 unit of
+    # train_resource, each decoder actor 1 unit of decode_resource. "auto": ask when the cluster has it
+    # now; a name: always ask (an autoscaling cluster that starts empty); "": never ask.
+    train_resource: str = "auto"
+    decode_resource: str = "auto"
+    shared_filesystem: bool = False  # every node mounts the same local paths (NFS): local paths are fine
 
 
 @dataclass
@@ -137,7 +146,13 @@ CHOICES = {
     "model.pool_variant": choices.POOL_VARIANTS,
     "model.temporal_padding": choices.TEMPORAL_PADDING,
     "data.backend": choices.DECODE_BACKENDS,
+    "data.synthetic": choices.SYNTHETIC_SETS,
 }
+# Cluster-wide defaults from the environment (set once on a cluster's nodes by cluster/*.yaml): they
+# override a preset's value; command-line overrides override them.
+ENV_DEFAULTS = {"NLRAY_STORAGE": "train.storage_path", "NLRAY_DATA": "data.root",
+                "MLFLOW_TRACKING_URI": "tracking.uri", "NLRAY_TRAIN_RESOURCE": "cluster.train_resource",
+                "NLRAY_DECODE_RESOURCE": "cluster.decode_resource"}
 POSITIVE = ("data.frames", "data.frame_stride", "data.crop_size", "data.eval_short_side",
             "data.eval_crop_size", "data.eval_num_clips", "data.eval_num_crops", "data.batch_size",
             "data.decode_actors", "data.decode_batch", "data.repeat", "model.width",
@@ -196,7 +211,19 @@ def load_config(preset: str = "demo", overrides: Optional[list[str]] = None) -> 
     cfg = OmegaConf.structured(Config)
     for layer in _preset_layers(preset):
         cfg = _merge(cfg, layer, f"preset {preset!r}")
+    cfg = _merge(cfg, env_layer(), "environment")
     return _overridden(cfg, overrides or [])
+
+
+def env_layer(environ: Optional[dict] = None) -> dict:
+    """``{"train": {"storage_path": ...}, ...}`` from the ENV_DEFAULTS variables that are set."""
+    environ = os.environ if environ is None else environ
+    layer: dict = {}
+    for var, key in ENV_DEFAULTS.items():
+        if environ.get(var):
+            section, name = key.split(".")
+            layer.setdefault(section, {})[name] = environ[var]
+    return layer
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
@@ -243,6 +270,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"model.{e}") from None
     if cfg.model.num_classes < 0:
         raise ConfigError(f"model.num_classes={cfg.model.num_classes!r} must be >= 0 (0 = from the labels)")
+    if cfg.data.decode_actors_max and cfg.data.decode_actors_max < cfg.data.decode_actors:
+        raise ConfigError(f"data.decode_actors_max={cfg.data.decode_actors_max} must be 0 (a fixed pool) or "
+                          f">= data.decode_actors={cfg.data.decode_actors}")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout={cfg.model.dropout!r} must be in [0, 1)")
     if cfg.train.global_batch and cfg.train.global_batch % (cfg.train.num_workers * cfg.data.batch_size):

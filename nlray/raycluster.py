@@ -1,9 +1,17 @@
-"""Joining Ray: the one place a job connects to a cluster or starts a local one."""
+"""Joining Ray, and what a job must know about the cluster it joined: how many nodes, which node types
+(custom resources) to place work on, and whether the run's paths are reachable from every node."""
 from __future__ import annotations
 
 import os
 
 import ray
+
+from nlray.config import Config, ConfigError
+
+TRAIN_RESOURCE = "nlray_train"  # carried by the GPU (training) node types of cluster/*.yaml
+DECODE_RESOURCE = "nlray_decode"  # carried by the CPU-only decode node types
+JOB_WORKING_DIRS = os.path.join("runtime_resources", "working_dir_files")  # Ray's cache of --working-dir
+REMOTE_TRACKING = ("http://", "https://", "databricks", "postgresql", "mysql", "mssql")
 
 
 def connect(address: str = "", num_cpus: int = 0) -> None:
@@ -19,3 +27,71 @@ def connect(address: str = "", num_cpus: int = 0) -> None:
         ray.init()
     else:
         ray.init(num_cpus=num_cpus or None)
+    leave_job_working_dir()
+
+
+def leave_job_working_dir() -> None:
+    """Move a ``ray job submit --working-dir`` driver out of Ray's cached copy of that folder.
+
+    The driver starts inside it, and the node's runtime-env agent deletes the copy when the job's last
+    worker on that node exits (seen on Ray 2.60 after training, before the final model was logged):
+    the driver's cwd, and any file made there (sqlite:///mlflow.db), would vanish. Its modules are
+    imported by now; the home folder is a cwd that stays.
+    """
+    if JOB_WORKING_DIRS in os.getcwd():
+        os.chdir(os.path.expanduser("~"))
+
+
+def node_count() -> int:
+    """Alive nodes of the connected cluster (the head included)."""
+    return sum(1 for n in ray.nodes() if n["Alive"])
+
+
+def resource_request(setting: str, name: str) -> dict[str, float]:
+    """``{name: 1}`` to place one worker or actor on the node type that carries ``name``; ``{}`` for none.
+
+    ``setting`` is ``cluster.train_resource`` / ``cluster.decode_resource``: "auto" asks for ``name`` when
+    the cluster has it now, another name always asks for that one (an autoscaling cluster that starts
+    with no worker nodes has none yet), "" never asks.
+    """
+    if setting == "auto":
+        return {name: 1.0} if ray.cluster_resources().get(name, 0) > 0 else {}
+    return {setting: 1.0} if setting else {}
+
+
+def decoder_resources(cfg: Config) -> dict[str, float]:
+    """Each decoder actor: a unit of the decode node type's resource (``cluster.decode_resource``)."""
+    return resource_request(cfg.cluster.decode_resource, DECODE_RESOURCE)
+
+
+def has_gpus() -> bool:
+    """Whether the cluster (not this process's machine) has GPUs now."""
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def node_local_settings(cfg: Config) -> list[str]:
+    """A line per setting that only the driver's node can reach, each with its fix (empty: all shared)."""
+    if cfg.cluster.shared_filesystem:
+        return []
+    problems = []
+    if not cfg.train.storage_path.startswith("s3://"):
+        problems.append(f"train.storage_path={cfg.train.storage_path!r} is a local folder: Ray Train's checkpoints "
+                        "must be on storage every node reaches: set train.storage_path=s3://BUCKET/PREFIX "
+                        "(or NLRAY_STORAGE on the cluster's nodes)")
+    if not cfg.tracking.uri.startswith(REMOTE_TRACKING):
+        problems.append(f"tracking.uri={cfg.tracking.uri!r} is a file on one node: use the cluster's MLflow server, "
+                        "tracking.uri=http://HEAD:5000 (or MLFLOW_TRACKING_URI on the cluster's nodes)")
+    if cfg.data.root and not cfg.data.root.startswith("s3://"):
+        problems.append(f"data.root={cfg.data.root!r} (--data) is a local path: decoders on other nodes cannot "
+                        "read it: put the dataset in object storage, --data s3://BUCKET/PREFIX (or NLRAY_DATA)")
+    return problems
+
+
+def require_shared_paths(cfg: Config) -> None:
+    """On a cluster of several nodes, refuse node-local paths before any work is scheduled."""
+    nodes = node_count()
+    problems = node_local_settings(cfg) if nodes > 1 else []
+    if problems:
+        raise ConfigError(f"this Ray cluster has {nodes} nodes, so every path must reach all of them "
+                          "(or set cluster.shared_filesystem=true if every node mounts the same folders):\n  "
+                          + "\n  ".join(problems))

@@ -4,8 +4,10 @@ import pickle
 import numpy as np
 import pytest
 
-from nlray.data.decode import (BACKENDS, BadVideo, Crop, CropError, PyAVVideo, container_truncated,
-                               fetch_video, open_video, read_frames, scaled_size)
+from nlray.data.badvideo import BadVideo, container_truncated
+from nlray.data.decode import BACKENDS, fetch_video, open_video, read_frames
+from nlray.data.decode_pyav import PyAVVideo
+from nlray.data.transforms import Crop, CropError, scaled_size
 from videos import decode_all, ramp_position, read_codes, video_bytes, write_video
 
 
@@ -83,6 +85,19 @@ def test_crop_at_decode_takes_the_asked_square(clips_dir, backend, side, fy, fx)
         # convention (its whole-frame scaling sits up to ~1.5 px off PIL/torch's too) and ~0.3 px
         # of reading grey levels back
         assert abs(centre - (start + 40 / s - 0.5)) < 2.5, (axis, centre, start + 40 / s - 0.5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("width,height", [(160, 90), (90, 90), (96, 54), (100, 70)])
+def test_crop_at_decode_of_frames_whose_height_is_not_a_multiple_of_4(clips_dir, backend, width, height):
+    """4:2:0 chroma of a 90-row frame is 45 rows: a crop must not assume rows pair up (480x270 is common)."""
+    data = video_bytes(clips_dir, f"odd{width}x{height}.mp4", num_frames=12, width=width, height=height,
+                       gop=5, label=5)
+    idx = np.arange(0, 12, 2)
+    got = read_frames(open_video(data, backend=backend), idx, short_side=64, crop=Crop(size=48, fy=0.7, fx=0.2))
+    assert got.shape == (6, 48, 48, 3)
+    index, label = read_codes(got)
+    assert (index == idx).all() and (label == 5).all()
 
 
 def test_crop_that_does_not_fit_is_the_callers_error(clips_dir):

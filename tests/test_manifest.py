@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from nlray.data import manifest, synthetic
-from nlray.data.manifest import ManifestError, build_manifest, read_manifest, write_manifest
+from nlray.data import dataset, manifest, synthetic
+from nlray.data.dataset import build_manifest
+from nlray.data.manifest import ManifestError, read_manifest, write_manifest
 
 
 @pytest.fixture(scope="module")
@@ -121,21 +122,21 @@ def test_write_read_round_trip_local_and_s3(tmp_path, tiny_root, s3_bucket):
 def test_resolve_dataset_demo_parquet_and_cached_root(tmp_path, tiny_root):
     cfg = SimpleNamespace(root="", cache_dir=str(tmp_path / "cache"), s3_endpoint_url="",
                           train_split="train", val_split="val")
-    df, labels = manifest.resolve_dataset(cfg, demo_spec=synthetic.TINY_SPEC)
+    df, labels = dataset.resolve_dataset(cfg, demo_spec=synthetic.TINY_SPEC)
     assert labels == sorted(synthetic.TINY_SPEC.classes)
     assert all(u.startswith(str(tmp_path / "cache" / "synthetic")) for u in df["uri"])
     assert len(df) == 12 and all(os.path.exists(u) for u in df["uri"])
     cfg.root = str(tiny_root)
-    first, _ = manifest.resolve_dataset(cfg)
+    first, _ = dataset.resolve_dataset(cfg)
     cached = list((tmp_path / "cache" / "manifests").rglob("manifest.parquet"))
     assert len(cached) == 2  # the demo root's and this root's
-    pd.testing.assert_frame_equal(manifest.resolve_dataset(cfg)[0], first)
+    pd.testing.assert_frame_equal(dataset.resolve_dataset(cfg)[0], first)
     write_manifest(first, labels, str(tmp_path / "given.parquet"))
     cfg.root = str(tmp_path / "given.parquet")
-    pd.testing.assert_frame_equal(manifest.resolve_dataset(cfg)[0], first)
+    pd.testing.assert_frame_equal(dataset.resolve_dataset(cfg)[0], first)
     cfg.train_split, cfg.val_split = "training_set", "holdout"
     with pytest.raises(ManifestError, match="training_set"):
-        manifest.resolve_dataset(cfg)
+        dataset.resolve_dataset(cfg)
 
 
 def test_bad_roots_and_annotations_name_the_problem(tmp_path):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from nlray.config import DataConfig
-from nlray.data.pipeline import (bad_video_counts, bad_video_list, build_eval_dataset, build_train_dataset,
-                                 split_frame)
+from nlray.data.pipeline import (bad_video_counts, bad_video_list, bad_video_log_name, build_eval_dataset,
+                                 build_train_dataset, has_split, split_frame, train_frame)
 from nlray.data.sampling import eval_indices
 from videos import read_codes, video_bytes
 
@@ -106,8 +106,8 @@ def consume_split(ds, n: int, df: pd.DataFrame) -> list[int]:
 
 def test_train_clips_from_s3_labels_loops_and_bad_videos(ray_local, s3_manifest):
     df = s3_manifest
-    log = "test_train_s3"
-    ds = build_train_dataset(df, DataConfig(**CFG, backend="pyav"), log_name=log)
+    log = bad_video_log_name("test_train_s3", "train")
+    ds = build_train_dataset(df, DataConfig(**CFG, backend="pyav"), run_name="test_train_s3")
     good = set(range(len(GOOD)))
     epoch1 = consume_split(ds, 2, df)
     assert sorted(epoch1) == sorted(good)  # every good video once, no bad one
@@ -132,9 +132,9 @@ def test_bad_video_log_counts_distinct_videos():
 
 def test_eval_views_from_local_folder(ray_local, local_manifest):
     df = local_manifest
-    log = "test_eval_local"
-    ds = build_eval_dataset(df, DataConfig(**CFG, backend="decord"), split="train", num_clips=3, num_crops=3,
-                            log_name=log)  # (the train test uses the other backend)
+    log = bad_video_log_name("test_eval_local", "eval")
+    ds = build_eval_dataset(df, DataConfig(**CFG, backend="decord"), run_name="test_eval_local", split="train",
+                            num_clips=3, num_crops=3)  # (the train test uses the other backend)
     seen = {}
     for b in ds.iter_torch_batches(batch_size=5):
         video = b["video"].numpy()
@@ -161,16 +161,24 @@ def test_split_frame_checks_the_manifest():
         split_frame(df.drop(columns="label_id"), None)
 
 
+def test_train_frame_repeats_the_train_split_and_names_the_splits():
+    df = pd.DataFrame({"uri": ["a", "b", "c"], "label_id": [0, 1, 0], "split": ["train", "val", "train"]})
+    assert train_frame(df, "train", repeat=2).uri.tolist() == ["a", "c", "a", "c"]
+    assert has_split(df, "val") and not has_split(df, "test")
+    with pytest.raises(ValueError, match=r"no 'test' rows to train on; its splits: \['train', 'val'\]"):
+        train_frame(df, "test")
+
+
 def test_eval_crop_larger_than_short_side_is_refused(ray_local):
     df = pd.DataFrame({"uri": ["a"], "label_id": [0], "split": ["val"]})
     with pytest.raises(ValueError, match="data.eval_crop_size=64 must be <= data.eval_short_side=48"):
-        build_eval_dataset(df, DataConfig(**{**CFG, "eval_crop_size": 64}), log_name="test_refused")
+        build_eval_dataset(df, DataConfig(**{**CFG, "eval_crop_size": 64}), run_name="test_refused")
 
 
 def test_eval_views_equal_crops_of_decoded_clips(tmp_path):
     """EvalClipDecoder crops straight from the distinct frames: same as cropping each decoded clip."""
+    from nlray.data.clips import EvalClipDecoder
     from nlray.data.decode import open_video, read_frames
-    from nlray.data.pipeline import EvalClipDecoder
     from nlray.data.transforms import spatial_crops
 
     path = tmp_path / "v.mp4"
@@ -187,7 +195,7 @@ def test_eval_views_equal_crops_of_decoded_clips(tmp_path):
 
 def test_manifest_rows_new_order_each_plan_and_blocks():
     """The datasource behind the per-epoch shuffle, read without Ray: every row once, in blocks."""
-    from nlray.data.pipeline import ManifestRows
+    from nlray.data.manifest_rows import ManifestRows
 
     df = pd.DataFrame({"uri": [f"u{i}" for i in range(23)], "label_id": np.arange(23) % 5})
 

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from nlray.data import synthetic
-from nlray.data.probe import ProbeFn, mp4_structure
+from nlray.data.badvideo import mp4_structure
+from nlray.data.probe import ProbeFn
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = str(REPO / "jobs" / "prepare_kinetics.py")

@@ -15,6 +15,7 @@ import pytest
 
 from nlray.servers import start_moto, stop
 from nlray.data import storage
+from nlray.data.storage import s3, s3_client
 from nlray.data.storage import MissingObjectError, StorageError
 
 
@@ -34,7 +35,7 @@ def test_s3_round_trip_and_listing(s3_bucket):
 
 
 def test_s3_listing_paginates(s3_bucket, monkeypatch):
-    monkeypatch.setattr(storage, "LIST_PAGE_SIZE", 3)  # S3 pages hold 1000 keys: shrink the page
+    monkeypatch.setattr(s3, "LIST_PAGE_SIZE", 3)  # S3 pages hold 1000 keys: shrink the page
     keys = [f"many/{i:04d}.mp4" for i in range(10)]
     client = boto3.client("s3")
     for k in keys:
@@ -192,14 +193,14 @@ def scripted_server():
 @pytest.mark.parametrize("script,requests,outcome", [
     ([(503, "SlowDown"), (500, "InternalError"), (200, "")], 3, "ok"),
     ([(400, "ThrottlingException"), (200, "")], 2, "ok"),
-    ([(503, "SlowDown")], storage.MAX_ATTEMPTS, "gave up after"),
+    ([(503, "SlowDown")], s3_client.MAX_ATTEMPTS, "gave up after"),
     ([(403, "AccessDenied"), (200, "")], 1, "access denied"),
     ([(404, "NoSuchBucket"), (200, "")], 1, "bucket does not exist"),
     ([(404, "NoSuchKey"), (200, "")], 1, "no such object"),
 ])
 def test_throttling_retried_auth_and_missing_not(scripted_server, monkeypatch, script, requests,
                                                  outcome):
-    monkeypatch.setattr(storage, "BACKOFF_BASE_S", 0.001)  # keep the backoff, shrink its scale
+    monkeypatch.setattr(s3_client, "BACKOFF_BASE_S", 0.001)  # keep the backoff, shrink its scale
     scripted_server.script = script
     url = f"http://127.0.0.1:{scripted_server.server_port}"
     if outcome == "ok":

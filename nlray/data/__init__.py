@@ -1,56 +1,50 @@
 """Kinetics-style video data: storage, manifests, synthetic data, transcoding, clips, the Ray Data pipeline.
 
-Names are imported lazily (PEP 562) so that ``import nlray.data`` stays cheap on Ray workers and
-does not pull in Ray, PyAV or decord until they are used:
-
     from nlray.data import read_bytes, MissingObjectError, resolve_dataset, TINY_SPEC
 
-Storage / manifest / synthetic / transcode names are listed in ``_EXPORTS``. Any other public name
-is looked up in the clip modules (``sampling``, ``decode``, ``transforms``, ``pipeline``), so their
-public functions are reachable from here as soon as those modules define them.
+Modules, one job each:
+
+- ``storage``: bytes at a URI (``s3://``, ``file://``, a path); one backend per scheme (local, s3).
+- ``manifest``: the manifest's columns and splits, Parquet reading/writing.
+- ``layout_kinetics``, ``layout_lists``: one dataset layout each (official CSVs; ``path label`` lists).
+- ``dataset``: a dataset root -> its manifest (``build_manifest``); ``resolve_dataset`` for the trainer.
+- ``synthetic``: the synthetic Kinetics-like dataset; ``transcode``: re-encoding for fast decoding.
+- ``badvideo``: why a video is bad (missing, empty, truncated, undecodable); ``probe``: check them all.
+- ``sampling``: which frames a clip takes; ``transforms``: crop geometry, scaling, crops, flips.
+- ``decode``: open a video and read chosen frames, over ``decode_pyav`` / ``decode_decord``.
+- ``clips``, ``manifest_rows``, ``pipeline``: the Ray Data pipeline (not imported here: it needs
+  ``ray.data``; import it as ``nlray.data.pipeline``).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from nlray.data.badvideo import BadVideo, container_truncated, mp4_structure
+from nlray.data.dataset import build_manifest, resolve_dataset
+from nlray.data.decode import fetch_video, open_video, read_frames, read_unique
+from nlray.data.layout_lists import read_list_file
+from nlray.data.manifest import (MANIFEST_COLUMNS, ManifestError, normalise_split, read_manifest,
+                                 write_manifest)
+from nlray.data.probe import PROBE_STATUSES, ProbeFn, probe_manifest, probe_video
+from nlray.data.sampling import eval_indices, train_indices, window_size
+from nlray.data.storage import (VIDEO_SUFFIXES, MissingObjectError, StorageError, check_access, delete,
+                                exists, is_s3, join, list_files, local_path, pyarrow_filesystem,
+                                read_bytes, relative_to, resolve_endpoint, size, upload_tree, write_bytes)
+from nlray.data.synthetic import (CLASSES, DEMO_SPEC, TINY_SPEC, SyntheticSpec, ensure_demo_dataset,
+                                  make_dataset, plan_videos, render_video)
+from nlray.data.transcode import (TranscodeFn, copy_annotations, encode_h264, output_size,
+                                  transcode_dataset, transcode_video)
+from nlray.data.transforms import Crop, CropError, crop_corners, normalize_on_device, spatial_crops
 
-_EXPORTS = {
-    "storage": ("StorageError", "MissingObjectError", "read_bytes", "write_bytes", "exists", "size",
-                "list_files", "join", "check_access", "pyarrow_filesystem", "upload_tree",
-                "delete", "resolve_endpoint", "is_s3", "local_path", "relative_to",
-                "VIDEO_SUFFIXES"),
-    "manifest": ("build_manifest", "write_manifest", "read_manifest", "resolve_dataset",
-                 "read_list_file", "normalise_split", "MANIFEST_COLUMNS", "ManifestError"),
-    "probe": ("probe_manifest", "probe_video", "mp4_structure", "ProbeFn", "PROBE_STATUSES"),
-    "transcode": ("transcode_dataset", "transcode_video", "encode_h264", "output_size",
-                  "copy_annotations", "TranscodeFn"),
-    "synthetic": ("SyntheticSpec", "DEMO_SPEC", "TINY_SPEC", "CLASSES", "make_dataset",
-                  "ensure_demo_dataset", "plan_videos", "render_video"),
-}
-# Helper C's modules: every public name they define is exported on first access.
-_CLIP_MODULES = ("sampling", "decode", "transforms", "pipeline")
-_NAME_TO_MODULE = {name: mod for mod, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_NAME_TO_MODULE)
-
-
-def __getattr__(name: str) -> Any:
-    module = _NAME_TO_MODULE.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-        globals()[name] = value  # cache: later lookups skip __getattr__
-        return value
-    if not name.startswith("_"):
-        for module in _CLIP_MODULES:
-            try:
-                mod = importlib.import_module(f"{__name__}.{module}")
-            except ModuleNotFoundError as exc:
-                if exc.name != f"{__name__}.{module}":
-                    raise  # a real missing dependency inside the module, not an absent module
-                continue
-            if name in getattr(mod, "__all__", ()) or (not hasattr(mod, "__all__")
-                                                       and hasattr(mod, name)):
-                value = getattr(mod, name)
-                globals()[name] = value
-                return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = [
+    "StorageError", "MissingObjectError", "read_bytes", "write_bytes", "exists", "size", "list_files",
+    "join", "check_access", "pyarrow_filesystem", "upload_tree", "delete", "resolve_endpoint", "is_s3",
+    "local_path", "relative_to", "VIDEO_SUFFIXES",
+    "build_manifest", "write_manifest", "read_manifest", "resolve_dataset", "read_list_file",
+    "normalise_split", "MANIFEST_COLUMNS", "ManifestError",
+    "probe_manifest", "probe_video", "mp4_structure", "ProbeFn", "PROBE_STATUSES",
+    "transcode_dataset", "transcode_video", "encode_h264", "output_size", "copy_annotations", "TranscodeFn",
+    "SyntheticSpec", "DEMO_SPEC", "TINY_SPEC", "CLASSES", "make_dataset", "ensure_demo_dataset",
+    "plan_videos", "render_video",
+    "BadVideo", "container_truncated", "fetch_video", "open_video", "read_frames", "read_unique",
+    "train_indices", "eval_indices", "window_size", "Crop", "CropError", "crop_corners", "spatial_crops",
+    "normalize_on_device",
+]

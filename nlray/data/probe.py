@@ -9,60 +9,28 @@ from __future__ import annotations
 
 import io
 import math
-import struct
 from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
+import ray
 
+from nlray.choices import BAD_VIDEO_REASONS
 from nlray.data import storage
+from nlray.data.badvideo import container_truncated
 
-PROBE_STATUSES = ("ok", "missing", "empty", "truncated", "undecodable", "too_short")
+PROBE_STATUSES = ("ok", *BAD_VIDEO_REASONS, "too_short")
 PROBE_COLUMNS = ("status", "error", "num_frames", "fps", "width", "height")
-# ISO-BMFF (mp4/mov) top-level boxes: seeing one first means "this is an mp4".
-_TOP_BOXES = {b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid",
-              b"meta", b"moof", b"mfra", b"sidx", b"pdin", b"prft", b"emsg"}
 
 
-def mp4_structure(data: bytes) -> str:
-    """``ok`` | ``truncated`` (a box runs past the end, or no ``moov`` index) | ``not_mp4``.
-
-    Walks only the top-level box headers, so it is cheap and independent of any decoder. A file
-    cut short (an interrupted download or upload) is told apart from one that was never a video.
-    """
-    pos, seen = 0, set()
-    while pos + 8 <= len(data):
-        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        if pos == 0 and kind not in _TOP_BOXES:
-            return "not_mp4"
-        if size == 1:  # 64-bit size follows the type
-            if pos + 16 > len(data):
-                return "truncated"
-            size = struct.unpack(">Q", data[pos + 8:pos + 16])[0]
-        elif size == 0:  # box extends to the end of the file
-            size = len(data) - pos
-        if size < 8:
-            return "not_mp4" if not seen else "truncated"
-        seen.add(kind)
-        if pos + size > len(data):
-            return "truncated"
-        pos += size
-    if pos == 0:
-        return "not_mp4"
-    if pos != len(data) or not ({b"moov", b"moof"} & seen):
-        return "truncated"
-    return "ok"
-
-
-def probe_video(data: bytes, *, name: str = "", min_frames: int = 1) -> dict[str, Any]:
+def probe_video(data: bytes, *, min_frames: int = 1) -> dict[str, Any]:
     """Probe one video's bytes: ``{status, error, num_frames, fps, width, height}``."""
     out: dict[str, Any] = {"status": "ok", "error": "", "num_frames": 0, "fps": 0.0,
                            "width": 0, "height": 0}
     if not data:
         return {**out, "status": "empty", "error": "zero bytes"}
-    structure = mp4_structure(data) if not name.lower().endswith((".webm", ".mkv")) else "other"
-    if structure == "truncated":
-        return {**out, "status": "truncated", "error": "mp4 boxes run past the end of the file"}
+    if container_truncated(data):  # the decoders' own test (nlray.data.badvideo)
+        return {**out, "status": "truncated", "error": "the container runs past the end of the file"}
     import decord
 
     try:
@@ -98,7 +66,7 @@ class ProbeFn:
                 results.append({"status": "missing", "error": exc.cause, "num_frames": 0,
                                 "fps": 0.0, "width": 0, "height": 0})
                 continue
-            results.append(probe_video(data, name=uri, min_frames=self.min_frames))
+            results.append(probe_video(data, min_frames=self.min_frames))
         probed = pd.DataFrame(results, columns=list(PROBE_COLUMNS), index=batch.index)
         return pd.concat([batch.drop(columns=[c for c in PROBE_COLUMNS if c in batch]), probed],
                          axis=1)
@@ -111,28 +79,25 @@ def probe_manifest(df: pd.DataFrame, *, endpoint_url: str = "", min_frames: int 
     Storage errors other than a missing object (auth, a missing bucket) stop the job: they
     concern every video, not one. Row order is kept.
     """
-    import ray
-
     if df.empty:
         return df.assign(**{c: pd.Series(dtype=object) for c in PROBE_COLUMNS})
-    ds = _dataset(df, batch_size)
+    ds = manifest_blocks(df, batch_size)
     actors = concurrency or max(1, int(ray.available_resources().get("CPU", 1)))
     probed = ds.map_batches(ProbeFn, fn_constructor_kwargs={"endpoint_url": endpoint_url,
                                                             "min_frames": min_frames},
                             batch_size=batch_size, batch_format="pandas", num_cpus=1,
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
-    return _collect(probed)
+    return collect_in_order(probed)
 
 
-def _dataset(df: pd.DataFrame, batch_size: int) -> Any:
+def manifest_blocks(df: pd.DataFrame, batch_size: int) -> Any:
     """A Ray Dataset of the manifest in many small blocks, so that actors share the work."""
-    import ray
-
     rows = df.reset_index(drop=True).assign(_row=np.arange(len(df)))
     chunk = max(batch_size, math.ceil(len(rows) / 2000))  # at most ~2000 blocks
     return ray.data.from_pandas([rows.iloc[i:i + chunk] for i in range(0, len(rows), chunk)])
 
 
-def _collect(ds: Any) -> pd.DataFrame:
+def collect_in_order(ds: Any) -> pd.DataFrame:
+    """The rows of a ``manifest_blocks`` dataset (after map_batches) back in manifest order."""
     out = ds.to_pandas()
     return out.sort_values("_row").drop(columns="_row").reset_index(drop=True)

@@ -22,9 +22,7 @@ import hashlib
 import json
 import multiprocessing
 import os
-import shutil
 import string
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from nlray.data import storage
+from nlray.data.transcode import encode_h264
 
 # Motion classes; pairs (left/right, ...) are mirror images in time of each other.
 CLASSES = ("moving_left", "moving_right", "moving_up", "moving_down", "growing", "shrinking",
@@ -83,6 +82,7 @@ DEMO_SPEC = SyntheticSpec(per_class=40, val_per_class=10)
 # For tests: 4 classes (both translation pairs) x (2 train + 1 val), small and short.
 TINY_SPEC = SyntheticSpec(classes=CLASSES[:4], per_class=2, val_per_class=1, width_range=(64, 96),
                           duration_range=(2.7, 3.0), fps_choices=(24, 25, 30))
+SPECS = {"demo": DEMO_SPEC, "tiny": TINY_SPEC}  # data.synthetic -> spec (nlray.choices.SYNTHETIC_SETS)
 
 
 @dataclass(frozen=True)
@@ -224,8 +224,6 @@ def render_video(plan: VideoPlan) -> np.ndarray:
 
 def _write_one(job: tuple[VideoPlan, int, int, str]) -> str:
     """Render and encode one video below a local root (top level: runs in a worker process)."""
-    from nlray.data.transcode import encode_h264
-
     plan, gop, crf, root = job
     path = Path(root) / plan.relpath
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -278,42 +276,25 @@ def make_dataset(out: str, spec: SyntheticSpec = DEMO_SPEC, *, endpoint_url: str
         if not overwrite:
             raise ValueError(f"out={out!r} already holds files; pass overwrite=True "
                              "(--overwrite) or choose an empty location")
-        _remove(out, endpoint_url)
-    if not storage.is_s3(out):
-        dest = Path(storage.local_path(out))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-        try:
-            _generate_local(spec, tmp, processes)
-            if dest.exists():
-                dest.rmdir()  # an empty folder (checked above)
-            tmp.chmod(0o777 & ~storage._umask())  # mkdtemp makes 0700; datasets are shared
-            os.rename(tmp, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return out
-    with tempfile.TemporaryDirectory(prefix="nlray-synthetic-") as tmp:
+        storage.delete_tree(out, endpoint_url=endpoint_url)
+    with storage.staged_tree(out, last=MARKER, endpoint_url=endpoint_url) as tmp:
         _generate_local(spec, Path(tmp), processes)
-        marker = Path(tmp) / MARKER
-        data = marker.read_bytes()
-        marker.unlink()
-        storage.upload_tree(tmp, out, endpoint_url=endpoint_url)
-        storage.write_bytes(storage.join(out, MARKER), data, endpoint_url=endpoint_url)
     return out
 
 
 def _existing_files(out: str, endpoint_url: str) -> list[tuple[str, int]]:
-    if not storage.is_s3(out) and not os.path.exists(storage.local_path(out)):
+    try:
+        return storage.list_files(out, suffixes=None, endpoint_url=endpoint_url)
+    except storage.MissingObjectError:  # a local folder not made yet
         return []
-    return storage.list_files(out, suffixes=None, endpoint_url=endpoint_url)
 
 
-def _remove(out: str, endpoint_url: str) -> None:
-    if storage.is_s3(out):
-        for uri, _ in storage.list_files(out, suffixes=None, endpoint_url=endpoint_url):
-            storage.delete(uri, endpoint_url=endpoint_url)
-    else:
-        shutil.rmtree(storage.local_path(out))
+def ensure_dataset_at(uri: str, spec: SyntheticSpec, *, endpoint_url: str = "", processes: int = 2) -> str:
+    """``uri`` (e.g. on the cluster's shared S3 storage) holding ``spec``'s dataset, generated unless its
+    marker file (written last) is there already."""
+    if not storage.exists(storage.join(uri, MARKER), endpoint_url=endpoint_url):
+        make_dataset(uri, spec, endpoint_url=endpoint_url, processes=processes, overwrite=True)
+    return uri
 
 
 def ensure_demo_dataset(cache_dir: str, spec: SyntheticSpec = DEMO_SPEC, *,
@@ -326,16 +307,10 @@ def ensure_demo_dataset(cache_dir: str, spec: SyntheticSpec = DEMO_SPEC, *,
     root = Path(os.path.expanduser(cache_dir)) / "synthetic" / f"{spec.key()}"
     if (root / MARKER).is_file():
         return str(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        _generate_local(spec, tmp, processes)
-        tmp.chmod(0o777 & ~storage._umask())  # mkdtemp makes 0700
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not (root / MARKER).is_file():  # lost a race to a complete copy: fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with storage.staged_tree(str(root)) as tmp:  # renamed into place when complete
+            _generate_local(spec, Path(tmp), processes)
+    except OSError:
+        if not (root / MARKER).is_file():  # lost a race to a complete copy: fine
+            raise
     return str(root)

@@ -15,8 +15,11 @@ from typing import Any, BinaryIO, Iterable, Optional, Union
 
 import numpy as np
 import pandas as pd
+import ray
 
 from nlray.data import storage
+from nlray.data.layout_lists import LIST_SUFFIXES
+from nlray.data.probe import collect_in_order, manifest_blocks
 
 DEFAULT_SHORT_SIDE = 256
 DEFAULT_KEYINT = 32
@@ -157,10 +160,6 @@ def transcode_dataset(df: pd.DataFrame, *, root: str, out_root: str,
                       concurrency: Optional[int] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Re-encode every video of the manifest below ``out_root`` (Ray Data, CPU actors) and copy
     ``annotations/`` and list files; returns ``(manifest of the new root, per-video report)``."""
-    import ray
-
-    from nlray.data.probe import _collect, _dataset
-
     if df.empty:
         raise ValueError(f"nothing to transcode: the manifest of {root!r} is empty")
     outside = [u for u in df["uri"] if not u.startswith(root.rstrip("/") + "/")]
@@ -170,10 +169,10 @@ def transcode_dataset(df: pd.DataFrame, *, root: str, out_root: str,
     fn_kwargs = {"root": root, "out_root": out_root, "short_side": short_side, "keyint": keyint,
                  "crf": crf, "preset": preset, "endpoint_url": endpoint_url}
     actors = concurrency or max(1, int(ray.available_resources().get("CPU", 1)))
-    done = _dataset(df, batch_size=2).map_batches(
+    done = manifest_blocks(df, batch_size=2).map_batches(
         TranscodeFn, fn_constructor_kwargs=fn_kwargs, batch_size=2, batch_format="pandas",
         num_cpus=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
-    report = _collect(done)
+    report = collect_in_order(done)
     copy_annotations(root, out_root, endpoint_url=endpoint_url)
     ok = report[report["status"] == "ok"]
     new = ok.assign(uri=ok["out_uri"], size=ok["out_size"], num_frames=ok["out_num_frames"],
@@ -189,7 +188,7 @@ def copy_annotations(root: str, out_root: str, *, endpoint_url: str = "") -> lis
     copied = []
     for uri, _ in storage.list_files(root, suffixes=None, endpoint_url=endpoint_url):
         rel = storage.relative_to(uri, root)
-        top_level_list = "/" not in rel and (rel.lower().endswith((".txt", ".csv", ".lst", ".list"))
+        top_level_list = "/" not in rel and (rel.lower().endswith(LIST_SUFFIXES)
                                              or rel in ("labels.json", "classids.json"))
         if rel.startswith("annotations/") or top_level_list:
             dest = storage.join(out_root, rel)

@@ -2,18 +2,22 @@
 
 Train: shorter side scaled to a random size in ``data.train_short_side``, a random ``crop_size``
 square crop, a horizontal flip with probability 1/2. The pipeline's decoder does the scale and the
-crop while decoding (``nlray.data.decode.Crop``: only the kept square is converted to RGB) and then
+crop while decoding (a ``Crop``: the PyAV backend converts only the kept square to RGB) and then
 ``random_flip``; ``short_side_scale`` / ``random_crop`` / ``train_crop_flip`` are the same steps
 on frames already decoded (the decord backend scales with ``short_side_scale``).
 Eval: shorter side ``eval_short_side``, then ``num_crops`` squares of ``eval_crop_size`` spread
 evenly along the longer side (3: left/centre/right for landscape, top/centre/bottom for
 portrait; 1: centre).
 
+Crop geometry (``Crop``, ``scaled_size``, ``crop_origin``, ``even_box``) is shared by the decoders,
+which scale and crop while decoding, and by the transforms here, which do it on decoded frames.
+
 Everything here stays uint8 on the CPU. Conversion to float and ImageNet normalisation happen on the
 training device, after the 4x smaller uint8 batch has travelled: ``normalize_on_device``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
@@ -21,11 +25,68 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "short_side_scale", "random_crop", "random_flip",
-           "train_crop_flip", "crop_corners", "spatial_crops", "normalize_on_device"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Crop", "CropError", "scaled_size", "crop_origin", "even_box",
+           "short_side_scale", "random_crop", "random_flip", "train_crop_flip", "crop_corners",
+           "spatial_crops", "normalize_on_device"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, RGB
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ------------------------------------------------------------------------------- crop geometry
+
+
+class CropError(ValueError):
+    """A crop larger than the (scaled) frame: the caller's sizes are wrong, not the video."""
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A ``size`` x ``size`` square of the frame scaled to the short side; ``fy``/``fx`` in [0, 1] place
+    it from top/left (0) to bottom/right (1) of the room left around it."""
+
+    size: int
+    fy: float = 0.5
+    fx: float = 0.5
+
+    def __post_init__(self):
+        if self.size < 1 or not (0.0 <= self.fy <= 1.0 and 0.0 <= self.fx <= 1.0):
+            raise ValueError(f"{self!r}: size must be >= 1 and fy, fx in [0, 1]")
+
+
+def scaled_size(width: int, height: int, *, short_side: int) -> tuple[int, int]:
+    """(width, height) with the shorter side ``short_side`` and the aspect ratio kept."""
+    if short_side < 1:
+        raise ValueError(f"short_side={short_side!r} must be >= 1")
+    if width <= height:
+        return short_side, max(1, round(height * short_side / width))
+    return max(1, round(width * short_side / height)), short_side
+
+
+def crop_origin(width: int, height: int, crop: Crop) -> tuple[int, int]:
+    """(y, x) of ``crop`` in a ``width`` x ``height`` frame; ValueError if the square does not fit."""
+    if crop.size > min(width, height):
+        raise CropError(f"crop size {crop.size} does not fit frames of {height}x{width} (H x W)")
+    room_y, room_x = height - crop.size, width - crop.size
+    # uniform fy/fx in [0, 1) -> every integer position equally likely; 1.0 -> the far edge
+    return min(int(crop.fy * (room_y + 1)), room_y), min(int(crop.fx * (room_x + 1)), room_x)
+
+
+def even_box(width: int, height: int, short_side: Optional[int], crop: Crop) -> tuple[int, int, int, int]:
+    """(x, y, w, h) in the decoded frame of the square ``crop`` takes of the scaled frame.
+
+    Corner even, side a multiple of 4 (within 1 / 2 px of the exact square)."""
+    sw, sh = (width, height) if short_side is None else scaled_size(width, height, short_side=short_side)
+    y, x = crop_origin(sw, sh, crop)
+    s = sw / width  # scaled / decoded
+    # side a multiple of 4: 4:2:0 chroma of even size, packed two half-rows per row (decode_pyav)
+    side = max(4, min(int(round(crop.size / s / 4)) * 4, width - width % 4, height - height % 4))
+    x0 = min(int(round(x / s / 2)) * 2, (width - side) // 2 * 2)  # nearest even: within 1 px
+    y0 = min(int(round(y / s / 2)) * 2, (height - side) // 2 * 2)
+    return x0, y0, side, side
+
+
+# ----------------------------------------------------------------------------- frame transforms
 
 
 def _check_clip(frames: np.ndarray) -> None:
@@ -36,8 +97,6 @@ def _check_clip(frames: np.ndarray) -> None:
 def short_side_scale(frames: np.ndarray, *, size: int) -> np.ndarray:
     """uint8 [T, H, W, C] -> [T, H', W', C] with min(H', W') == size (bilinear, antialiased)."""
     _check_clip(frames)
-    from nlray.data.decode import scaled_size
-
     t, h, w, c = frames.shape
     new_w, new_h = scaled_size(w, h, short_side=size)
     if (new_h, new_w) == (h, w):

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from nlray.config import Config, ConfigError, load_config, preset_names, validate
 
@@ -43,3 +44,12 @@ def parse(description: str, default_preset: str, argv: Optional[Sequence[str]] =
         return to_config(args)
     except ConfigError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
+
+
+def run_job(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a job's body; a ConfigError found on the cluster (e.g. a node-local path) exits 2 with its message."""
+    try:
+        return fn(*args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -86,13 +86,13 @@ class VideoScores:
 def evaluate(cfg: Config, df: pd.DataFrame, model_state: dict, *, num_clips: Optional[int] = None,
              num_crops: Optional[int] = None, actors: int = 1, use_gpu: bool = False) -> VideoScores:
     """Score every view of the validation split; returns the accumulated VideoScores."""
-    views = build_eval_dataset(df, cfg.data, split=cfg.data.val_split, num_clips=num_clips,
-                               num_crops=num_crops, log_name=f"nlray_bad_videos_{cfg.name}_eval")
+    views = build_eval_dataset(df, cfg.data, run_name=cfg.name, num_clips=num_clips, num_crops=num_crops,
+                               resources=raycluster.decoder_resources(cfg))
     state_ref = [ray.put(model_state)]
     scored = views.map_batches(ViewScorer, fn_constructor_kwargs={
         "cfg_yaml": to_yaml(cfg), "state_ref": state_ref, "use_gpu": use_gpu},
-        batch_size=max(1, cfg.data.batch_size), concurrency=actors, num_gpus=1 if use_gpu else 0,
-        num_cpus=0 if use_gpu else 1)
+        batch_size=max(1, cfg.data.batch_size), compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1)
     scores = VideoScores(cfg.model.num_classes)
     for batch in scored.iter_batches(batch_size=256, batch_format="numpy"):
         scores.add(batch["video_idx"], batch["label"], batch["probs"])

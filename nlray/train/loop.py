@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nlray.config import Config, from_yaml
+from nlray.data.pipeline import bad_video_counts, bad_video_log_name
 from nlray.data.transforms import normalize_on_device
 from nlray.models import build_model, freeze_batchnorm
 from nlray.tracking import Run
@@ -117,15 +118,9 @@ def save_and_report(model: nn.Module, optimizer, *, cfg: Config, meta: dict, met
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
 
 
-def bad_log_name(cfg: Config) -> str:
-    """The BadVideoLog actor that counts this run's bad training videos (read by rank 0 for MLflow)."""
-    return f"nlray_bad_videos_{cfg.name}_{cfg.data.train_split}"
-
-
 def bad_video_metrics(cfg: Config) -> dict[str, float]:
-    from nlray.data.pipeline import bad_video_counts
-
-    counts = bad_video_counts(bad_log_name(cfg))
+    """This run's bad training videos by reason, counted by its BadVideoLog actor (rank 0 logs them)."""
+    counts = bad_video_counts(bad_video_log_name(cfg.name, cfg.data.train_split))
     return {f"data/bad_videos/{reason}": n for reason, n in counts.items()} | {
         "data/bad_videos_total": sum(counts.values())}
 

@@ -9,23 +9,23 @@ import dataclasses
 import logging
 from pathlib import Path
 
-import pandas as pd
 import ray
-import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from nlray import raycluster, tracking
 from nlray.config import Config, ConfigError, to_yaml
 from nlray.data import resolve_dataset
-from nlray.data.pipeline import bad_video_list, build_train_dataset
+from nlray.data.pipeline import bad_video_list, bad_video_log_name, build_train_dataset, has_split
+from nlray.data import storage
 from nlray.data.storage import pyarrow_filesystem
+from nlray.data.synthetic import SPECS, ensure_dataset_at
 from nlray.models import build_model
 from nlray.tracking import Run
 from nlray.train import checkpoint
 from nlray.train.evaluate import evaluate
 from nlray.train.weights import initial_weights
-from nlray.train.loop import bad_log_name, train_func
+from nlray.train.loop import train_func
 
 log = logging.getLogger("nlray")
 
@@ -38,7 +38,7 @@ def resolve_classes(cfg: Config, labels: list[str]) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(labels)))
 
 
-def storage(cfg: Config) -> tuple[str, object]:
+def checkpoint_storage(cfg: Config) -> tuple[str, object]:
     """RunConfig storage: (path, pyarrow filesystem or None). S3 goes through our configured filesystem
     because Ray's own s3:// resolution ignores a custom endpoint."""
     path = cfg.train.storage_path
@@ -48,25 +48,32 @@ def storage(cfg: Config) -> tuple[str, object]:
     return str(Path(path.removeprefix("file://")).expanduser().resolve()), None
 
 
-def train_rows(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """The train split, repeated data.repeat times: each repeat draws new random clips (mmaction2's
-    RepeatDataset), so a small set pays the pipeline's per-epoch start-up once per several passes."""
-    rows = df[df["split"] == cfg.data.train_split]
-    if rows.empty:
-        raise ValueError(f"the manifest has no {cfg.data.train_split!r} rows to train on; its splits: "
-                         f"{sorted(df['split'].unique())}")
-    return pd.concat([rows] * cfg.data.repeat, ignore_index=True)
+def worker_resources(cfg: Config) -> dict[str, float]:
+    """One train worker: its CPUs, a GPU, and a unit of the train node type's resource when it has one."""
+    gpu = {"GPU": 1.0} if cfg.train.use_gpu else {}
+    placement = raycluster.resource_request(cfg.cluster.train_resource, raycluster.TRAIN_RESOURCE)
+    return {"CPU": cfg.train.cpus_per_worker, **gpu, **placement}
+
+
+def place_synthetic_set(cfg: Config) -> Config:
+    """With no data on a cluster of several nodes, the synthetic set goes once into the shared storage
+    (``<train.storage_path>/datasets/synthetic-<data.synthetic>``), not into the driver's cache."""
+    if cfg.data.root or not storage.is_s3(cfg.train.storage_path) or raycluster.node_count() == 1:
+        return cfg
+    uri = storage.join(cfg.train.storage_path, "datasets", f"synthetic-{cfg.data.synthetic}")
+    log.info("no data given on a %d-node cluster: the synthetic set at %s", raycluster.node_count(), uri)
+    cfg.data.root = ensure_dataset_at(uri, SPECS[cfg.data.synthetic], endpoint_url=cfg.data.s3_endpoint_url)
+    return cfg
 
 
 def make_trainer(cfg: Config, labels: list[str], run: Run, init_ref, train_ds) -> TorchTrainer:
-    path, fs = storage(cfg)
+    path, fs = checkpoint_storage(cfg)
     tcfg = cfg.train
     return TorchTrainer(
         train_func,
         train_loop_config={"cfg": to_yaml(cfg), "labels": labels, "run": run, "init_ref": init_ref},
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
-                                     resources_per_worker={"CPU": tcfg.cpus_per_worker,
-                                                           **({"GPU": 1} if tcfg.use_gpu else {})}),
+                                     resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(name=cfg.name, storage_path=path, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=tcfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints)),
@@ -79,6 +86,8 @@ def fit(cfg: Config) -> dict:
     if not cfg.name:
         raise ConfigError("name is empty: every run needs a name (--name); the same name resumes")
     raycluster.connect(cfg.cluster.address, cfg.cluster.num_cpus)
+    raycluster.require_shared_paths(cfg)  # before any work is scheduled
+    cfg = place_synthetic_set(cfg)
     df, labels = resolve_dataset(cfg.data)
     cfg = resolve_classes(cfg, labels)
     cfg.tracking.uri = tracking.resolve_uri(cfg.tracking.uri)  # workers run in other directories
@@ -87,8 +96,8 @@ def fit(cfg: Config) -> dict:
     try:
         init = initial_weights(cfg)
         init_ref = ray.put(init) if init is not None else None
-        train_ds = build_train_dataset(train_rows(df, cfg), cfg.data, split=cfg.data.train_split,
-                                       seed=cfg.train.seed, log_name=bad_log_name(cfg))
+        train_ds = build_train_dataset(df, cfg.data, run_name=cfg.name, seed=cfg.train.seed,
+                                       resources=raycluster.decoder_resources(cfg))
         result = make_trainer(cfg, labels, run, init_ref, train_ds).fit()
         out = finish(cfg, df, labels, run, result)
     except BaseException:
@@ -119,20 +128,19 @@ def finish(cfg: Config, df, labels: list[str], run: Run, result) -> dict:
 
 def log_bad_videos(cfg: Config, run: Run) -> None:
     """The bad videos met in training, by reason, as an artifact (their counts are metrics already)."""
-    rows = bad_video_list(bad_log_name(cfg))
+    rows = bad_video_list(bad_video_log_name(cfg.name, cfg.data.train_split))
     text = "uri\treason\tdetail\n" + "".join(f"{u}\t{r}\t{d}\n" for u, r, d in rows)
     run.log_text(text, "bad_videos.tsv")
 
 
 def validate(cfg: Config, df, labels: list[str], run: Run, model_state: dict, step: int) -> dict:
-    val = df[df["split"] == cfg.data.val_split]
-    if val.empty:
+    if not has_split(df, cfg.data.val_split):
         log.warning("no %r split in the manifest: skipping validation", cfg.data.val_split)
         return {}
     clips = cfg.train.val_num_clips or cfg.data.eval_num_clips
     crops = cfg.train.val_num_crops or cfg.data.eval_num_crops
     scores = evaluate(cfg, df, model_state, num_clips=clips, num_crops=crops,
-                      use_gpu=cfg.train.use_gpu and torch.cuda.is_available())
+                      use_gpu=cfg.train.use_gpu and raycluster.has_gpus())
     metrics = {f"val/{k}": v for k, v in scores.metrics().items()}
     metrics["val/views_per_video"] = clips * crops
     run.log_metrics(metrics, step)

@@ -1,0 +1,119 @@
+"""The decoder actors of the pipeline: manifest rows in, uint8 clip rows out (``map_batches``).
+
+``ClipDecoder`` makes one random training clip per video; ``EvalClipDecoder`` every view (clip x
+crop) of a video from one opening and one decoding pass. Clip positions, scales, crops and flips
+come from each decoder actor's own generator, seeded from ``seed`` and a random actor key:
+independent across actors, not bit-reproducible (which actor gets which video is up to the
+scheduler). A bad video is reported to the named ``BadVideoLog`` actor (``nlray.data.pipeline``)
+and skipped: its clip is simply absent.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Iterator
+
+import numpy as np
+import ray
+
+from nlray.data.badvideo import BadVideo
+from nlray.data.decode import fetch_video, open_video, read_frames, read_unique
+from nlray.data.sampling import eval_indices, train_indices
+from nlray.data.transforms import Crop, crop_corners, random_flip
+
+__all__ = ["ClipDecoder", "EvalClipDecoder"]
+
+
+class _DecoderBase:
+    """Fetch -> open -> sample -> decode; a bad video is reported and skipped."""
+
+    def __init__(self, *, backend: str, endpoint_url: str, log_name: str, seed: int):
+        self.backend, self.endpoint_url, self.log_name = backend, endpoint_url, log_name
+        self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(uuid.uuid4().int,)))
+        self.bad_counts: dict[str, int] = {}  # this decoder's own tally (also outside Ray)
+        self._log = None
+
+    def _report(self, bad: BadVideo) -> None:
+        self.bad_counts[bad.reason] = self.bad_counts.get(bad.reason, 0) + 1
+        if self._log is None and ray.is_initialized():
+            try:
+                self._log = ray.get_actor(self.log_name)
+            except ValueError:  # used without the builders (no log): the local tally only
+                return
+        if self._log is not None:
+            ray.get(self._log.report.remote(bad.uri, bad.reason, bad.detail))  # wait: counts complete
+
+    def _open(self, uri: str):
+        return open_video(fetch_video(uri, endpoint_url=self.endpoint_url), backend=self.backend, uri=uri)
+
+
+class ClipDecoder(_DecoderBase):
+    """map_batches actor: rows (uri, label_id, video_idx) -> train clips uint8 [T, crop, crop, 3]."""
+
+    def __init__(self, *, frames: int, stride: int, short_side: tuple[int, int], crop_size: int,
+                 backend: str, endpoint_url: str = "", log_name: str, seed: int = 0):
+        super().__init__(backend=backend, endpoint_url=endpoint_url, log_name=log_name, seed=seed)
+        self.frames, self.stride, self.crop_size = frames, stride, crop_size
+        self.short_side = (int(short_side[0]), int(short_side[1]))
+
+    def clip(self, uri: str) -> np.ndarray:
+        """One training clip of the video at ``uri``; BadVideo if it cannot be made."""
+        with self._open(uri) as video:
+            idx = train_indices(video.num_frames, frames=self.frames, stride=self.stride, rng=self.rng)
+            size = int(self.rng.integers(self.short_side[0], self.short_side[1] + 1))  # short side
+            crop = Crop(size=self.crop_size, fy=self.rng.random(), fx=self.rng.random())
+            frames = read_frames(video, idx, short_side=size, crop=crop)  # (T, crop, crop, 3)
+        return np.ascontiguousarray(random_flip(frames, rng=self.rng))  # (T, crop, crop, 3), maybe mirrored
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        clips, labels, rows = [], [], []
+        for uri, label, row in zip(batch["uri"], batch["label_id"], batch["video_idx"]):
+            try:
+                clips.append(self.clip(str(uri)))
+            except BadVideo as bad:
+                self._report(bad)
+                continue
+            labels.append(int(label))
+            rows.append(int(row))
+        if clips:
+            yield {"video": np.stack(clips), "label": np.asarray(labels, np.int64),
+                   "video_idx": np.asarray(rows, np.int64)}
+
+
+class EvalClipDecoder(_DecoderBase):
+    """map_batches actor: rows -> num_clips x num_crops views per video, uint8 [T, crop, crop, 3]."""
+
+    def __init__(self, *, frames: int, stride: int, short_side: int, crop_size: int, num_clips: int,
+                 num_crops: int, backend: str, endpoint_url: str = "", log_name: str, seed: int = 0):
+        super().__init__(backend=backend, endpoint_url=endpoint_url, log_name=log_name, seed=seed)
+        self.frames, self.stride, self.short_side = frames, stride, short_side
+        self.crop_size, self.num_clips, self.num_crops = crop_size, num_clips, num_crops
+
+    def views(self, uri: str) -> np.ndarray:
+        """uint8 [num_clips, num_crops, T, crop, crop, 3] from one opening and one decoding pass."""
+        with self._open(uri) as video:
+            idx = eval_indices(video.num_frames, frames=self.frames, stride=self.stride,
+                               num_clips=self.num_clips)  # (clips, T)
+            uniq, inverse = read_unique(video, idx, short_side=self.short_side)  # (U, H, W, 3), (clips, T)
+        s = self.crop_size
+        corners = crop_corners(uniq.shape[1], uniq.shape[2], size=s, num_crops=self.num_crops)
+        out = np.empty((self.num_clips, len(corners), self.frames, s, s, 3), np.uint8)
+        for j, (y, x) in enumerate(corners):  # crop straight from the distinct frames: no clip copy
+            window = uniq[:, y:y + s, x:x + s]  # (U, s, s, 3) view
+            for c in range(self.num_clips):
+                np.take(window, inverse[c], axis=0, out=out[c, j])  # (T, s, s, 3)
+        return out
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for uri, label, row in zip(batch["uri"], batch["label_id"], batch["video_idx"]):
+            try:
+                views = self.views(str(uri))
+            except BadVideo as bad:
+                self._report(bad)
+                continue
+            n_clips, n_crops = views.shape[:2]
+            clip_idx, crop_idx = np.meshgrid(np.arange(n_clips), np.arange(n_crops), indexing="ij")
+            n = n_clips * n_crops
+            yield {"video": views.reshape(n, *views.shape[2:]),  # one video per output block
+                   "label": np.full(n, int(label), np.int64), "video_idx": np.full(n, int(row), np.int64),
+                   "clip_idx": clip_idx.reshape(n).astype(np.int64),
+                   "crop_idx": crop_idx.reshape(n).astype(np.int64)}

@@ -1,0 +1,160 @@
+"""One way to read and write bytes at a URI: ``s3://bucket/key``, ``file:///path`` or a plain path.
+
+Each function below parses the URI once and hands the work to the backend of its scheme, one class
+per scheme behind the ``Storage`` interface (base.py): ``LocalStorage`` (local.py: atomic, shared
+writes) and ``S3Storage`` (s3.py, with s3_client.py: boto3, retries, endpoint, pyarrow). A new scheme
+is a new module and one branch of ``backend``; callers never branch on the scheme themselves.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager
+from typing import Any, Iterable, Optional
+from urllib.parse import unquote, urlparse
+
+from nlray.data.storage.base import MissingObjectError, Storage, StorageError
+from nlray.data.storage.local import LocalStorage
+from nlray.data.storage.s3 import S3Storage
+from nlray.data.storage.s3_client import resolve_endpoint
+
+__all__ = ["StorageError", "MissingObjectError", "Storage", "VIDEO_SUFFIXES", "backend", "read_bytes",
+           "write_bytes", "exists", "size", "is_folder", "check_access", "list_files", "delete",
+           "delete_tree", "upload_tree", "staged_tree", "pyarrow_filesystem", "join", "relative_to",
+           "is_s3", "local_path", "resolve_endpoint"]
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
+URI_FORMS = "s3://bucket[/prefix], file:///abs/path or a plain local path"
+
+
+# ----------------------------------------------------------------------------------------- URIs
+
+
+def _parse(uri: str) -> tuple[str, str, str]:
+    """``(scheme, bucket, key)`` for s3 or ``("file", "", abs_path)`` for local URIs."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise ValueError(f"storage URI {uri!r} is empty; use {URI_FORMS}")
+    if uri.startswith("s3://"):
+        rest = uri[len("s3://"):]
+        bucket, _, key = rest.partition("/")
+        if not bucket or "/" in bucket or bucket != bucket.strip():
+            raise ValueError(f"storage URI {uri!r} has no bucket; use {URI_FORMS}")
+        return "s3", bucket, key
+    if uri.startswith("file://"):
+        parsed = urlparse(uri)
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"storage URI {uri!r}: file:// URIs must be absolute (file:///path); "
+                             f"use {URI_FORMS}")
+        return "file", "", unquote(parsed.path)
+    if "://" in uri or uri.lower().startswith("s3:"):
+        raise ValueError(f"storage URI {uri!r} has an unsupported scheme; use {URI_FORMS}")
+    return "file", "", os.path.abspath(os.path.expanduser(uri))
+
+
+def backend(uri: str, *, endpoint_url: str = "") -> Storage:
+    """The backend object for ``uri``: the one place that looks at the scheme."""
+    scheme, bucket, key = _parse(uri)
+    if scheme == "s3":
+        return S3Storage(uri, bucket, key, endpoint_url=endpoint_url)
+    return LocalStorage(uri, key)
+
+
+def is_s3(uri: str) -> bool:
+    return _parse(uri)[0] == "s3"
+
+
+def local_path(uri: str) -> str:
+    """The absolute path of a plain or file:// URI; ValueError for s3://."""
+    scheme, _, path = _parse(uri)
+    if scheme != "file":
+        raise ValueError(f"{uri!r} is not a local path")
+    return path
+
+
+def join(uri: str, *parts: str) -> str:
+    """``join("s3://b/root", "train", "x.mp4") -> "s3://b/root/train/x.mp4"``; keeps the URI's form."""
+    _parse(uri)  # validates
+    out = uri.rstrip("/") if uri.rstrip("/") else uri
+    for part in parts:
+        part = str(part).strip("/")
+        if part:
+            out = f"{out}/{part}" if not out.endswith("/") else out + part
+    return out
+
+
+def relative_to(uri: str, root: str) -> str:
+    """The path of ``uri`` below ``root`` (same form), e.g. ``train/a/x.mp4``."""
+    base = root.rstrip("/") + "/"
+    if not uri.startswith(base):
+        raise ValueError(f"{uri!r} is not below {root!r}")
+    return uri[len(base):]
+
+
+# ---------------------------------------------------------------------------------- operations
+
+
+def read_bytes(uri: str, *, endpoint_url: str = "") -> bytes:
+    """The whole object; ``MissingObjectError`` if it does not exist."""
+    return backend(uri, endpoint_url=endpoint_url).read_bytes()
+
+
+def write_bytes(uri: str, data: bytes, *, endpoint_url: str = "") -> None:
+    """Write (replace) the object; a local file is written to a temp name then renamed."""
+    backend(uri, endpoint_url=endpoint_url).write_bytes(data)
+
+
+def exists(uri: str, *, endpoint_url: str = "") -> bool:
+    """Whether the object/file exists; a missing bucket or an auth error raises StorageError."""
+    return backend(uri, endpoint_url=endpoint_url).exists()
+
+
+def size(uri: str, *, endpoint_url: str = "") -> int:
+    """Size in bytes; ``MissingObjectError`` if the object does not exist."""
+    return backend(uri, endpoint_url=endpoint_url).size()
+
+
+def is_folder(uri: str, *, endpoint_url: str = "") -> bool:
+    """A local directory, or an S3 prefix that is not itself an object."""
+    return backend(uri, endpoint_url=endpoint_url).is_folder()
+
+
+def check_access(uri: str, *, endpoint_url: str = "") -> None:
+    """Fail fast with a clear StorageError if ``uri``'s bucket or folder cannot be read."""
+    backend(uri, endpoint_url=endpoint_url).check_access()
+
+
+def list_files(uri: str, *, suffixes: Optional[Iterable[str]] = VIDEO_SUFFIXES,
+               endpoint_url: str = "") -> list[tuple[str, int]]:
+    """``[(uri, size), ...]`` of every file below ``uri`` (recursive, sorted) whose name ends with
+    one of ``suffixes`` (case-insensitive; None = every file). URIs keep the form of ``uri``."""
+    ends = tuple(s.lower() for s in suffixes) if suffixes is not None else None
+    out = backend(uri, endpoint_url=endpoint_url).list_files()
+    return sorted((u, n) for u, n in out if ends is None or u.lower().endswith(ends))
+
+
+def delete(uri: str, *, endpoint_url: str = "") -> None:
+    """Remove one object/file; a missing one is not an error."""
+    backend(uri, endpoint_url=endpoint_url).delete()
+
+
+def delete_tree(uri: str, *, endpoint_url: str = "") -> None:
+    """Remove everything below ``uri`` (a local folder with its subfolders, or every S3 key below)."""
+    backend(uri, endpoint_url=endpoint_url).delete_tree()
+
+
+def upload_tree(local_dir: str, uri: str, *, endpoint_url: str = "", threads: int = 8) -> int:
+    """Copy every file below ``local_dir`` to the same relative paths below ``uri``; returns the count."""
+    return backend(uri, endpoint_url=endpoint_url).upload_tree(local_dir, threads=threads)
+
+
+def staged_tree(uri: str, *, last: str = "", endpoint_url: str = "") -> AbstractContextManager[str]:
+    """``with staged_tree(uri) as tmp:`` fill the local folder ``tmp``; on a clean exit its files
+    appear at ``uri``: locally renamed into place (readers never see half of it; ``uri`` must be
+    absent or an empty folder), on S3 uploaded with the file ``last`` (a marker) after the rest."""
+    return backend(uri, endpoint_url=endpoint_url).staged_tree(last=last)
+
+
+def pyarrow_filesystem(uri: str, *, endpoint_url: str = "") -> tuple[Any, str]:
+    """``(pyarrow FileSystem, path)`` for ``ray.data.read_parquet(path, filesystem=fs)`` and
+    ``RunConfig(storage_filesystem=fs, storage_path=path)``. For S3 the endpoint, region and
+    credentials are those boto3 resolves, so pyarrow and boto3 see the same store."""
+    return backend(uri, endpoint_url=endpoint_url).pyarrow_filesystem()

@@ -1,0 +1,435 @@
+"""The cluster configurations, checked offline: cluster/aws.yaml against Ray 2.60's own launcher validation,
+cluster/kuberay/*.yaml against KubeRay's v1 CRD schemas (tests/schemas/), and the facts they must share with
+each other and with pyproject.toml (versions, custom resources, env defaults, token auth, no secrets).
+"""
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from packaging.specifiers import SpecifierSet
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    from pip._vendor import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+KUBE = CLUSTER / "kuberay"
+SCHEMAS = Path(__file__).parent / "schemas"
+
+RAY_VERSION = "2.60.0"
+PY_TAG = "py311"
+CUSTOM = {"train": "nlray_train", "decode": "nlray_decode"}
+BUILTIN = {"CPU", "GPU", "memory", "object_store_memory"}
+ENV_DEFAULTS = ("NLRAY_STORAGE", "NLRAY_DATA", "MLFLOW_TRACKING_URI")
+
+
+def load(path: Path):
+    return yaml.safe_load(path.read_text())
+
+
+def load_all(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+@pytest.fixture(scope="module")
+def aws() -> dict:
+    return load(CLUSTER / "aws.yaml")
+
+
+@pytest.fixture(scope="module")
+def raycluster() -> dict:
+    return load(KUBE / "raycluster.yaml")
+
+
+@pytest.fixture(scope="module")
+def rayjob() -> dict:
+    return load(KUBE / "rayjob.yaml")
+
+
+@pytest.fixture(scope="module")
+def local_autoscaling() -> dict:
+    return load(CLUSTER / "local" / "autoscaling.yaml")
+
+
+# ---------------------------------------------------------------- cluster/aws.yaml (Ray cluster launcher)
+
+def test_aws_passes_ray_launcher_validation_offline(aws):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(aws))
+    validate_config(prepared)
+    assert prepared["provider"]["type"] == "aws"
+    assert set(prepared["available_node_types"]) == {"head", "gpu_8x", "decode"}
+
+
+def test_aws_node_types_declare_their_resources(aws):
+    types = aws["available_node_types"]
+    assert aws["head_node_type"] == "head"
+    assert types["head"]["resources"] == {"CPU": 0}
+    gpu, dec = types["gpu_8x"]["resources"], types["decode"]["resources"]
+    # everything the autoscaler would otherwise fill in from the EC2 catalogue is declared
+    assert {"CPU", "GPU", "memory", "nlray_train"} <= set(gpu) and gpu["nlray_train"] == gpu["GPU"] == 8
+    assert {"CPU", "memory", "nlray_decode"} <= set(dec) and dec["nlray_decode"] == dec["CPU"]
+    assert dec.get("GPU", 0) == 0 and "nlray_decode" not in gpu and "nlray_train" not in dec
+    for t in types.values():
+        assert t["node_config"]["InstanceType"]
+
+
+def test_aws_every_node_type_has_an_iam_instance_profile_and_a_pinned_ami(aws):
+    for name, t in aws["available_node_types"].items():
+        arn = t["node_config"]["IamInstanceProfile"]["Arn"]
+        assert re.fullmatch(r"arn:aws:iam::\d{12}:instance-profile/[\w+=,.@-]+", arn), name
+        assert re.fullmatch(r"ami-[0-9a-f]{8,17}", t["node_config"]["ImageId"]), name
+
+
+def _commands(cfg: dict, *keys: str) -> list[str]:
+    return [c for k in keys for c in cfg.get(k) or []]
+
+
+ALL_COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands",
+                    "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+
+
+def test_aws_commands_are_valid_bash(aws):
+    for cmd in _commands(aws, *ALL_COMMAND_KEYS):
+        done = subprocess.run(["bash", "-n", "-c", cmd], capture_output=True, text=True)
+        assert done.returncode == 0, f"{cmd!r}: {done.stderr}"
+
+
+def test_aws_token_auth_on_every_node(aws):
+    # the token file travels with file_mounts (to the head, and from it to every worker) ...
+    assert aws["file_mounts"].get("/home/ubuntu/.ray/auth_token") == "~/.ray/auth_token"
+    # ... and every `ray start` runs with token auth on
+    starts = [c for c in _commands(aws, "head_start_ray_commands", "worker_start_ray_commands")
+              if "ray start" in c]
+    assert len(starts) == 2
+    for cmd in starts:
+        assert re.search(r"RAY_AUTH_MODE=token\s+ray start", cmd), cmd
+    for cmd in _commands(aws, *ALL_COMMAND_KEYS):
+        assert "RAY_AUTH_MODE=disabled" not in cmd and "RAY_AUTH_TOKEN=" not in cmd, cmd
+
+
+def test_aws_env_defaults_are_set_before_ray_start(aws):
+    env_file = " ".join(c for c in aws["setup_commands"] if "nlray.env" in c)
+    for var in ("NLRAY_STORAGE", "NLRAY_DATA"):
+        assert f"export {var}=s3://" in env_file
+    for key, uri in (("head_start_ray_commands", "http://$(hostname -I"),
+                     ("worker_start_ray_commands", "http://$RAY_HEAD_IP:5000")):
+        cmd = next(c for c in aws[key] if "ray start" in c)
+        before = cmd[:cmd.index("ray start")]
+        assert "source ~/nlray.env" in before and f"export MLFLOW_TRACKING_URI={uri}" in before, cmd
+
+
+def test_aws_head_runs_mlflow_reachable_by_the_nodes(aws):
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    cmd = next(c for c in aws["head_start_ray_commands"] if "mlflow server" in c)
+    # the server command is the single-quoted script of `setsid nohup bash -c '...'`
+    args = shlex.split(cmd[cmd.index("exec mlflow server"):].split("'")[0])
+
+    def opt(name: str) -> str:
+        return args[args.index(name) + 1]
+
+    assert opt("--host") == "0.0.0.0" and opt("--port") == "5000"
+    assert opt("--backend-store-uri").startswith("sqlite:////home/ubuntu/")
+    assert opt("--artifacts-destination") == "$NLRAY_MLFLOW_ARTIFACTS"
+    assert "'export NLRAY_MLFLOW_ARTIFACTS=s3://" in " ".join(aws["setup_commands"])
+    allowed = opt("--allowed-hosts").replace("$HEAD_IP", "10.0.3.7").split(",")
+    for host in ("10.0.3.7:5000", "localhost:5000", "127.0.0.1:5000"):  # nodes, and the SSH-forwarded UI
+        assert is_allowed_host_header(allowed, host), host
+    assert not is_allowed_host_header(allowed, "attacker.example:5000")
+
+
+def test_aws_installs_the_project_at_pinned_versions_without_copying_local_state(aws):
+    setup = " ".join(aws["setup_commands"])
+    assert f'"ray[default,train,data]=={RAY_VERSION}"' in setup and "-e ~/nlray" in setup
+    assert "--python 3.11" in setup
+    assert aws["file_mounts"]["/home/ubuntu/nlray"] == "."
+    assert {".venv", ".git", "**/__pycache__", ".pytest_cache"} <= set(aws["rsync_exclude"])
+    assert ".gitignore" in aws["rsync_filter"]
+
+
+# ---------------------------------------------------------------- KubeRay manifests
+
+def strict(schema):
+    """The CRD schema with unknown fields refused, as the API server's pruning would drop them silently."""
+    if isinstance(schema, dict):
+        out = {k: strict(v) for k, v in schema.items()}
+        if ("properties" in out and "additionalProperties" not in out
+                and not out.get("x-kubernetes-preserve-unknown-fields")):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [strict(v) for v in schema]
+    return schema
+
+
+@pytest.fixture(scope="module")
+def validators() -> dict:
+    out = {}
+    for kind, name in (("RayCluster", "raycluster"), ("RayJob", "rayjob")):
+        schema = json.loads(gzip.decompress((SCHEMAS / f"{name}.v1.json.gz").read_bytes()))
+        out[kind] = jsonschema.Draft7Validator(strict(schema))
+    return out
+
+
+def assert_valid(validators, doc):
+    errors = sorted(validators[doc["kind"]].iter_errors(doc), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+
+def test_kuberay_manifests_validate_against_the_v1_crds(validators, raycluster, rayjob):
+    for doc in (raycluster, rayjob):
+        assert doc["apiVersion"] == "ray.io/v1"
+        assert_valid(validators, doc)
+
+
+def test_strict_schema_catches_unknown_and_mistyped_fields(validators, raycluster):
+    typo = copy.deepcopy(raycluster)
+    typo["spec"]["headGroupSpec"]["rayStartParam"] = {}
+    with pytest.raises(AssertionError, match="rayStartParam"):
+        assert_valid(validators, typo)
+    wrong = copy.deepcopy(raycluster)
+    wrong["spec"]["workerGroupSpecs"][0]["maxReplicas"] = "4"
+    with pytest.raises(AssertionError, match="maxReplicas"):
+        assert_valid(validators, wrong)
+
+
+def _resources_param(group: dict) -> dict:
+    raw = group["rayStartParams"].get("resources")
+    if raw is None:
+        return {}
+    # KubeRay passes it to the shell as --resources=<value>: '"{\"x\": 1}"'
+    return json.loads(shlex.split(raw)[0])
+
+
+def _worker_groups(spec: dict) -> dict[str, dict]:
+    return {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+
+
+def _ray_containers(spec: dict) -> list[dict]:
+    pods = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    return [p["spec"]["containers"][0] for p in pods]
+
+
+def test_raycluster_shape_matches_the_contract(raycluster):
+    spec = raycluster["spec"]
+    assert spec["enableInTreeAutoscaling"] is True
+    assert spec["authOptions"]["mode"] == "token"
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    assert "resources" not in spec["headGroupSpec"]["rayStartParams"]
+    groups = _worker_groups(spec)
+    assert set(groups) == {"gpu-8x", "decode"}
+    gpu, dec = groups["gpu-8x"], groups["decode"]
+    gpu_limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
+    dec_limits = dec["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert _resources_param(gpu) == {"nlray_train": int(gpu_limits["nvidia.com/gpu"])}
+    assert int(gpu["rayStartParams"]["num-gpus"]) == int(gpu_limits["nvidia.com/gpu"])
+    assert _resources_param(dec) == {"nlray_decode": int(dec["rayStartParams"]["num-cpus"])}
+    assert int(dec["rayStartParams"]["num-cpus"]) == int(dec_limits["cpu"])
+    assert "nvidia.com/gpu" not in dec_limits
+    for g in groups.values():
+        assert g["minReplicas"] == 0 < g["maxReplicas"]
+
+
+def test_every_ray_pod_gets_env_defaults_and_the_s3_service_account(raycluster):
+    envs = []
+    pods = [raycluster["spec"]["headGroupSpec"]["template"]] + [
+        g["template"] for g in raycluster["spec"]["workerGroupSpecs"]]
+    for pod in pods:
+        assert pod["spec"]["serviceAccountName"] == "nlray"
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0].get("env", [])}
+        assert set(ENV_DEFAULTS) <= set(env)
+        envs.append({k: env[k] for k in ENV_DEFAULTS})
+    assert all(e == envs[0] for e in envs), "env defaults differ between Ray pods"
+    assert envs[0]["NLRAY_STORAGE"].startswith("s3://")
+    assert envs[0]["MLFLOW_TRACKING_URI"] == "http://nlray-mlflow:5000"
+
+
+def test_rayjob_runs_the_long_clip_job_on_the_same_cluster_and_cleans_up(rayjob, raycluster):
+    spec = rayjob["spec"]
+    assert spec["entrypoint"] == "python jobs/train_longclip.py"
+    assert spec["shutdownAfterJobFinishes"] is True
+    assert spec["rayClusterSpec"] == raycluster["spec"]
+    assert yaml.safe_load(spec["runtimeEnvYAML"])["working_dir"] == "/home/ray/nlray"
+    sub = spec["submitterPodTemplate"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in sub["env"]}
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    ref = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": raycluster["spec"]["authOptions"]["secretName"], "key": "auth_token"}
+
+
+def test_serviceaccount_deployment_and_service(raycluster):
+    (sa,) = load_all(KUBE / "serviceaccount.yaml")
+    assert (sa["apiVersion"], sa["kind"], sa["metadata"]["name"]) == ("v1", "ServiceAccount", "nlray")
+    assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@-]+",
+                        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"])
+
+    docs = {d["kind"]: d for d in load_all(KUBE / "mlflow.yaml")}
+    assert set(docs) == {"PersistentVolumeClaim", "Deployment", "Service"}
+    dep, svc = docs["Deployment"], docs["Service"]
+    assert dep["apiVersion"] == "apps/v1" and svc["apiVersion"] == "v1"
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert svc["spec"].get("type", "ClusterIP") == "ClusterIP"  # the UI is reached by port-forward
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    (c,) = pod["containers"]
+    port_names = {p["name"]: p["containerPort"] for p in c["ports"]}
+    (sp,) = svc["spec"]["ports"]
+    assert sp["port"] == 5000 and port_names[sp["targetPort"]] == 5000
+    assert {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]} == {
+        docs["PersistentVolumeClaim"]["metadata"]["name"]}
+
+    args = dict(a.lstrip("-").split("=", 1) for a in c["args"])
+    assert c["command"] == ["mlflow", "server"] and args["host"] == "0.0.0.0" and args["port"] == "5000"
+    assert args["artifacts-destination"].startswith("s3://")
+    assert args["backend-store-uri"].startswith("sqlite:////mlflow/")
+
+    # MLflow 3 checks the Host header: the name the Ray pods use, its FQDN and the port-forward all pass
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    uri_host = raycluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    host = next(e["value"] for e in uri_host if e["name"] == "MLFLOW_TRACKING_URI").split("//")[1]
+    assert host.split(":")[0] == svc["metadata"]["name"]
+    allowed = args["allowed-hosts"].split(",")
+    for h in (host, f"{svc['metadata']['name']}.nlray.svc.cluster.local:5000", "localhost:5000"):
+        assert is_allowed_host_header(allowed, h), h
+
+
+# ---------------------------------------------------------------- what the configurations share
+
+def test_ray_and_python_versions_agree_everywhere(aws, raycluster, rayjob):
+    import ray
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    ray_req = next(d for d in project["dependencies"] if d.startswith("ray["))
+    assert RAY_VERSION in SpecifierSet(ray_req.split("]", 1)[1]) and ray.__version__ in SpecifierSet(
+        ray_req.split("]", 1)[1])
+    assert "3.11" in SpecifierSet(project["requires-python"])
+    assert ray_req.startswith("ray[default,train,data]")
+
+    setup = " ".join(aws["setup_commands"])
+    assert f"ray[default,train,data]=={RAY_VERSION}" in setup and "--python 3.11" in setup
+
+    docker = (KUBE / "Dockerfile").read_text()
+    base = re.search(r"^ARG RAY_IMAGE=(\S+)$", docker, re.M).group(1)
+    assert base == f"rayproject/ray:{RAY_VERSION}-{PY_TAG}-gpu"
+    assert re.search(r"^FROM \$\{RAY_IMAGE\}$", docker, re.M)
+    assert f'"ray[default,train,data]=={RAY_VERSION}"' in docker and "pip install --no-cache-dir ." in docker
+    assert f"rayproject/ray:{RAY_VERSION}-{PY_TAG}-cpu" in docker  # the documented cpu variant
+
+    images = [c["image"] for c in _ray_containers(raycluster["spec"])]
+    images += [c["image"] for c in rayjob["spec"]["submitterPodTemplate"]["spec"]["containers"]]
+    images += [c["image"] for d in load_all(KUBE / "mlflow.yaml") if d["kind"] == "Deployment"
+               for c in d["spec"]["template"]["spec"]["containers"]]
+    for image in images:
+        assert image.endswith((f"-ray{RAY_VERSION}-{PY_TAG}-gpu", f"-ray{RAY_VERSION}-{PY_TAG}-cpu")), image
+    gpu_group = _worker_groups(raycluster["spec"])["gpu-8x"]
+    assert gpu_group["template"]["spec"]["containers"][0]["image"].endswith("-gpu")
+    for doc in (raycluster["spec"], rayjob["spec"]["rayClusterSpec"]):
+        assert doc["rayVersion"] == RAY_VERSION
+
+
+def test_custom_resource_names_agree(aws, raycluster, local_autoscaling):
+    def custom(resources: dict) -> set[str]:
+        return set(resources) - BUILTIN
+
+    aws_types = aws["available_node_types"]
+    groups = _worker_groups(raycluster["spec"])
+    local_types = local_autoscaling["available_node_types"]
+    by_role = {
+        "aws": {"head": custom(aws_types["head"]["resources"]),
+                "train": custom(aws_types["gpu_8x"]["resources"]),
+                "decode": custom(aws_types["decode"]["resources"])},
+        "kuberay": {"head": set(),
+                    "train": set(_resources_param(groups["gpu-8x"])),
+                    "decode": set(_resources_param(groups["decode"]))},
+        "local": {"head": custom(local_types[local_autoscaling["head_node_type"]]["resources"]),
+                  "train": custom(local_types["train"]["resources"]),
+                  "decode": custom(local_types["decode"]["resources"])},
+    }
+    for where, roles in by_role.items():
+        assert roles == {"head": set(), "train": {CUSTOM["train"]}, "decode": {CUSTOM["decode"]}}, where
+    # a decode node offers one decoder slot per CPU, everywhere
+    assert local_types["decode"]["resources"]["nlray_decode"] == local_types["decode"]["resources"]["CPU"]
+
+
+def test_local_autoscaling_config_is_complete(local_autoscaling):
+    from ray.autoscaler._private.util import validate_config
+
+    validate_config(copy.deepcopy(local_autoscaling))  # the launcher's schema; no defaults exist to merge
+    cfg = local_autoscaling
+    for key in ("cluster_name", "max_workers", "upscaling_speed", "idle_timeout_minutes", "provider",
+                "available_node_types", "head_node_type", "auth", "docker", "initialization_commands",
+                "setup_commands", "head_setup_commands", "worker_setup_commands",
+                "head_start_ray_commands", "worker_start_ray_commands", "file_mounts",
+                "cluster_synced_files", "file_mounts_sync_continuously", "rsync_exclude", "rsync_filter"):
+        assert key in cfg, key
+    assert cfg["provider"] == {"type": "fake_multinode", "use_node_id_as_ip": True,
+                               "disable_node_updaters": True, "disable_launch_config_check": True}
+    assert cfg["idle_timeout_minutes"] == 1
+    # the fake provider tags its head "ray.head.default"; another name makes it launch phantom heads
+    assert cfg["head_node_type"] == "ray.head.default"
+    head = cfg["available_node_types"]["ray.head.default"]
+    assert head["resources"] == {"CPU": 0} and head["max_workers"] == 0
+    assert cfg["available_node_types"]["train"]["resources"] == {"CPU": 2, "nlray_train": 1}
+    assert cfg["available_node_types"]["decode"]["resources"] == {"CPU": 2, "nlray_decode": 2}
+    for name in ("train", "decode"):
+        t = cfg["available_node_types"][name]
+        assert t["min_workers"] == 0 < t["max_workers"] <= cfg["max_workers"] and t["node_config"] == {}
+
+
+SECRET_PATTERNS = {
+    "AWS access key id": r"\b(AKIA|ASIA)[0-9A-Z]{16}\b",
+    "AWS secret key": r"(?i)aws_secret_access_key\s*[:=]",
+    "private key": r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+    "ssh key path": r"ssh_private_key\s*:",
+    "literal Ray token": r"RAY_AUTH_TOKEN\s*[:=]\s*['\"]?[0-9a-zA-Z]{16,}",
+    "hex token": r"\b[0-9a-f]{40,}\b",
+}
+
+
+def test_no_secrets_in_cluster_files():
+    files = [p for p in CLUSTER.rglob("*") if p.is_file() and p.suffix in {".yaml", ".py", ""}]
+    assert CLUSTER / "aws.yaml" in files and KUBE / "Dockerfile" in files
+    for path in files:
+        text = path.read_text()
+        for what, pattern in SECRET_PATTERNS.items():
+            assert not re.search(pattern, text), f"{what} in {path.relative_to(ROOT)}"
+    for path in KUBE.glob("*.yaml"):
+        for doc in load_all(path):
+            for env in _all_env(doc):
+                if env["name"] == "RAY_AUTH_TOKEN":
+                    assert "value" not in env and "secretKeyRef" in env["valueFrom"], path.name
+
+
+def _all_env(node):
+    if isinstance(node, dict):
+        if isinstance(node.get("env"), list):
+            yield from node["env"]
+        for v in node.values():
+            yield from _all_env(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _all_env(v)
+
+
+def test_local_cluster_cli_help():
+    done = subprocess.run([sys.executable, str(CLUSTER / "local_cluster.py"), "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--autoscaling" in done.stdout

@@ -1,0 +1,124 @@
+"""The cluster path end to end, on real processes: a head with no CPUs, a "GPU-like" train node and a CPU-only
+decode node joined with `ray start` (token auth on), the moto S3 endpoint as shared storage, an `mlflow
+server`; jobs arrive through the Jobs API (`ray job submit --working-dir .`) exactly as a user sends them.
+
+The nodes get the cluster-wide defaults cluster/*.yaml sets (NLRAY_STORAGE, MLFLOW_TRACKING_URI), so the
+embedded default runs with no data argument: its synthetic set is generated once into the shared storage.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+from mlflow.tracking import MlflowClient
+
+from nlray.local_cluster import RAY, start_cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+BUCKET = "shared"
+# The embedded default's two stages, shrunk: 8-frame clips, a few steps each, the tiny synthetic set.
+TINY_DEMO = ["data.synthetic=tiny", "data.frames=8", "data.repeat=2", "data.eval_num_clips=1",
+             "train.steps=4", "train.log_every=2", "train.checkpoint_every=2", "train.warmup_steps=0",
+             "train.lr_milestones=[1000]", "data.decode_actors=1", "data.decode_actors_max=2"]
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_endpoint, mlflow_server, tmp_path_factory):
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=BUCKET)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": s3_endpoint, "NLRAY_STORAGE": f"s3://{BUCKET}/results",
+           "MLFLOW_TRACKING_URI": mlflow_server}
+    c = start_cluster(nodes=[{"num_cpus": 2, "resources": {"nlray_train": 2}},
+                             {"num_cpus": 2, "resources": {"nlray_decode": 2}}],
+                      env=env, tmp=tmp_path_factory.mktemp("multinode"))
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def api(cluster, path: str) -> dict:
+    req = urllib.request.Request(cluster.dashboard_url + path, headers={"Authorization": f"Bearer {cluster.token}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)
+
+
+def submit(cluster, *args: str, timeout: float = 600) -> tuple[str, str, str, float]:
+    """`ray job submit --working-dir .` then wait: (submission id, final status, logs, seconds)."""
+    sub = f"t{time.time_ns()}"
+    t0 = time.monotonic()
+    cmd = [str(RAY), "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(ROOT),
+           "--submission-id", sub, "--no-wait", "--", sys.executable, *args]
+    out = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    while (status := api(cluster, f"/api/jobs/{sub}")["status"]) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.monotonic() - t0 < timeout, f"job {sub} still {status} after {timeout}s"
+        time.sleep(1)
+    return sub, status, api(cluster, f"/api/jobs/{sub}/logs")["logs"], time.monotonic() - t0
+
+
+def actors_of(cluster, sub: str) -> list[dict]:
+    job_id = api(cluster, f"/api/jobs/{sub}")["job_id"]
+    rows = api(cluster, "/api/v0/actors?limit=10000&detail=1")["data"]["result"]["result"]
+    return [a for a in rows if a["job_id"] == job_id]
+
+
+def node_with(nodes: list[dict], resource: str) -> str:
+    return next(n["node_id"] for n in nodes if resource in n["resources_total"])
+
+
+def test_the_embedded_default_runs_as_a_submitted_job_across_nodes(cluster, mlflow_server, s3_endpoint):
+    sub, status, logs, seconds = submit(cluster, "jobs/train_longclip.py", "--demo", *TINY_DEMO)
+    assert status == "SUCCEEDED", logs[-5000:]
+    print(f"\nembedded default (tiny) through the Jobs API: {seconds:.1f}s")
+
+    nodes = cluster.nodes()
+    train_node, decode_node = node_with(nodes, "nlray_train"), node_with(nodes, "nlray_decode")
+    actors = [a for a in actors_of(cluster, sub) if a["node_id"]]  # placed (a grown pool may leave some unplaced)
+    workers = [a for a in actors if a["class_name"] == "RayTrainWorker"]
+    decoders = [a for a in actors if "ClipDecoder" in a["class_name"]]  # train and eval decoders
+    print("actors:", sorted({(a["class_name"], a["node_id"][:8]) for a in actors}))
+    assert len(workers) == 4  # 2 workers x 2 stages
+    assert {a["node_id"] for a in workers} == {train_node}
+    assert decoders and {a["node_id"] for a in decoders} == {decode_node}
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("nlray")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    for name in ("demo-short", "demo-long"):
+        run = runs[name]
+        assert run.info.status == "FINISHED"
+        assert {"train/loss", "val/video_top1"} <= set(run.data.metrics)
+        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "checkpoint", "plots"} <= arts
+        assert run.data.params["train.storage_path"] == f"s3://{BUCKET}/results"
+    assert runs["demo-long"].data.params["train.init_from"] == runs["demo-short"].info.run_id
+    models = client.search_logged_models(experiment_ids=[exp.experiment_id])  # mlflow.pytorch.log_model
+    assert {m.source_run_id for m in models} >= {runs[n].info.run_id for n in ("demo-short", "demo-long")}
+
+    keys = [o["Key"] for page in boto3.client("s3", endpoint_url=s3_endpoint).get_paginator(
+        "list_objects_v2").paginate(Bucket=BUCKET, Prefix="results/") for o in page.get("Contents", [])]
+    for name in ("demo-short", "demo-long"):
+        assert any(k.startswith(f"results/{name}/") and k.endswith("step_00000004/model.pt") for k in keys), keys
+    assert any(k.startswith("results/datasets/synthetic-tiny/") and k.endswith(".mp4") for k in keys)
+
+
+def test_node_local_paths_are_refused_before_any_work(cluster, tmp_path):
+    sub, status, logs, seconds = submit(
+        cluster, "jobs/train.py", "--name", "refused", "--data", str(tmp_path),
+        f"train.storage_path={tmp_path / 'results'}", "tracking.uri=sqlite:///mlflow.db", timeout=180)
+    print(f"\nrefused in {seconds:.1f}s:\n{logs[-1500:]}")
+    assert status == "FAILED"
+    assert "this Ray cluster has 3 nodes" in logs
+    for key in ("train.storage_path=", "tracking.uri=", "data.root="):
+        assert key in logs
+    assert "Traceback" not in logs
+    assert not [a for a in actors_of(cluster, sub) if a["class_name"] == "RayTrainWorker"]
