@@ -33,6 +33,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 RAY = Path(sys.executable).parent / "ray"
 LOCALHOST = "127.0.0.1"
 
@@ -254,10 +256,7 @@ def start_autoscaling_cluster(config_path: Path, env: dict[str, str] | None = No
     ``config_path`` is a complete cluster config (``cluster/local/autoscaling.yaml``). The fake nodes
     connect to ``provider.gcs_address``, or to ``<node ip>:6379`` when it is absent; a copy of the config
     with ``gcs_address`` set to a free port is used, so that this can run beside another Ray on 6379.
-    The copy is written as JSON (a subset of YAML), so no YAML library is needed.
-    """
-    import yaml  # the project depends on pyyaml; only this entry point needs it
-
+        """
     tmp = Path(tmp)
     tmp.mkdir(parents=True, exist_ok=True)
     auth = _auth_env(tmp)

@@ -47,6 +47,14 @@ def node_count() -> int:
     return sum(1 for n in ray.nodes() if n["Alive"])
 
 
+def spans_nodes() -> bool:
+    """Whether the work may run on nodes other than the driver's: several nodes now, or a node with no
+    CPUs (the heads of cluster/*.yaml schedule nothing: an autoscaling cluster that starts empty adds
+    nodes for the work)."""
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    return len(nodes) > 1 or any(n["Resources"].get("CPU", 0) == 0 for n in nodes)
+
+
 def resource_request(setting: str, name: str) -> dict[str, float]:
     """``{name: 1}`` to place one worker or actor on the node type that carries ``name``; ``{}`` for none.
 
@@ -89,9 +97,9 @@ def node_local_settings(cfg: Config) -> list[str]:
 
 def require_shared_paths(cfg: Config) -> None:
     """On a cluster of several nodes, refuse node-local paths before any work is scheduled."""
-    nodes = node_count()
-    problems = node_local_settings(cfg) if nodes > 1 else []
+    problems = node_local_settings(cfg) if spans_nodes() else []
     if problems:
-        raise ConfigError(f"this Ray cluster has {nodes} nodes, so every path must reach all of them "
+        raise ConfigError(f"this Ray cluster spans several nodes ({node_count()} now), so every path must reach "
+                          "all of them "
                           "(or set cluster.shared_filesystem=true if every node mounts the same folders):\n  "
                           + "\n  ".join(problems))

@@ -123,8 +123,9 @@ def test_aws_token_auth_on_every_node(aws):
 
 def test_aws_env_defaults_are_set_before_ray_start(aws):
     env_file = " ".join(c for c in aws["setup_commands"] if "nlray.env" in c)
-    for var in ("NLRAY_STORAGE", "NLRAY_DATA"):
-        assert f"export {var}=s3://" in env_file
+    assert "export NLRAY_STORAGE=s3://" in env_file
+    assert "export NLRAY_TRAIN_RESOURCE=nlray_train" in env_file
+    assert "export NLRAY_DECODE_RESOURCE=nlray_decode" in env_file
     for key, uri in (("head_start_ray_commands", "http://$(hostname -I"),
                      ("worker_start_ray_commands", "http://$RAY_HEAD_IP:5000")):
         cmd = next(c for c in aws[key] if "ray start" in c)

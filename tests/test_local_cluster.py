@@ -1,5 +1,5 @@
 """Real multi-node Ray clusters on this machine (nlray.local_cluster): token auth, the Jobs API, placement by
-the custom resources of cluster/*.yaml, and autoscaling on Ray's fake multi-node provider.
+the custom resources of cluster/*.yaml (autoscaling on Ray's fake multi-node provider: tests/test_multinode.py).
 
 Each cluster is started by a fixture and stopped by its own session ids, also when a test fails.
 """
@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nlray.local_cluster import RAY, start_autoscaling_cluster, start_cluster
+from nlray.local_cluster import RAY, start_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -104,75 +102,3 @@ def test_multinode_jobs_api_and_placement(multinode, tmp_path):
     assert probe["driver"] == head[0]  # job drivers run on the head ...
     assert probe["storage"] == str(tmp_path / "results")  # ... and inherit the node's environment
     print(f"job submitted and checked in {time.monotonic() - t0:.1f}s")
-
-
-DEMAND = """\
-import json, time, ray
-ray.init()
-
-@ray.remote(num_cpus=1, resources={"nlray_train": 1})
-def on_train():
-    time.sleep(3)
-    return ray.get_runtime_context().get_node_id()
-
-@ray.remote(num_cpus=1, resources={"nlray_decode": 1})
-def on_decode():
-    time.sleep(3)
-    return ray.get_runtime_context().get_node_id()
-
-refs = [on_train.remote(), on_decode.remote(), on_decode.remote()]
-print("NLRAY_PROBE " + json.dumps(ray.get(refs)), flush=True)
-"""
-
-
-@pytest.fixture
-def autoscaling(tmp_path):
-    cluster = start_autoscaling_cluster(ROOT / "cluster" / "local" / "autoscaling.yaml", tmp=tmp_path / "ray")
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-def test_fake_autoscaler_adds_and_removes_nodes_by_custom_resource(autoscaling, tmp_path):
-    nodes = autoscaling.nodes()
-    assert len(nodes) == 1 and nodes[0]["resources_total"].get("CPU", 0) == 0
-
-    script = tmp_path / "demand.py"
-    script.write_text(DEMAND)
-    out = tmp_path / "demand.out"
-    t0 = time.monotonic()
-    with open(out, "w") as f:
-        driver = subprocess.Popen([PYTHON, str(script)], env=autoscaling.env, stdout=f,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        up_at, max_seen, grown = None, 1, []
-        while driver.poll() is None:
-            nodes = autoscaling.nodes()
-            max_seen = max(max_seen, len(nodes))
-            if up_at is None and _by_resource(nodes, "nlray_train") and _by_resource(nodes, "nlray_decode"):
-                up_at, grown = time.monotonic() - t0, nodes
-            assert time.monotonic() - t0 < 120, "the driver did not finish"
-            time.sleep(0.5)
-        finished_at = time.monotonic() - t0
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait()
-    text = out.read_text()
-    assert driver.returncode == 0, text
-    assert up_at is not None, "no node of each type was added"
-    assert max_seen == 3  # one train node, one decode node (2 decode slots), no more
-    train, decode = _by_resource(grown, "nlray_train"), _by_resource(grown, "nlray_decode")
-    ran = json.loads(next(line for line in text.splitlines() if line.startswith("NLRAY_PROBE "))[12:])
-    assert ran[0] in train and set(ran[1:]) <= set(decode)
-
-    # idle_timeout_minutes: 1 -> both nodes go about a minute after the tasks end
-    while len(nodes := autoscaling.nodes()) > 1:
-        assert time.monotonic() - t0 < finished_at + 150, f"{len(nodes)} nodes still alive"
-        time.sleep(1)
-    down_at = time.monotonic() - t0
-    assert down_at - finished_at > 30  # removed for idleness, not lost early
-    print(textwrap.dedent(f"""
-        fake autoscaler: train+decode nodes up {up_at:.1f}s after the demand, tasks done at
-        {finished_at:.1f}s, nodes removed at {down_at:.1f}s ({down_at - finished_at:.1f}s idle)"""))

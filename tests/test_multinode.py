@@ -18,7 +18,7 @@ import boto3
 import pytest
 from mlflow.tracking import MlflowClient
 
-from nlray.local_cluster import RAY, start_cluster
+from nlray.local_cluster import RAY, start_autoscaling_cluster, start_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "shared"
@@ -30,12 +30,17 @@ TINY_DEMO = ["data.synthetic=tiny", "data.frames=8", "data.repeat=2", "data.eval
 pytestmark = pytest.mark.cluster
 
 
+def cluster_env(s3_endpoint: str, mlflow_server: str, bucket: str) -> dict[str, str]:
+    """What cluster/*.yaml sets on every node: credentials (an instance role there), shared storage, MLflow."""
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": s3_endpoint, "NLRAY_STORAGE": f"s3://{bucket}/results",
+            "MLFLOW_TRACKING_URI": mlflow_server}
+
+
 @pytest.fixture(scope="module")
 def cluster(s3_endpoint, mlflow_server, tmp_path_factory):
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=BUCKET)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": s3_endpoint, "NLRAY_STORAGE": f"s3://{BUCKET}/results",
-           "MLFLOW_TRACKING_URI": mlflow_server}
+    env = cluster_env(s3_endpoint, mlflow_server, BUCKET)
     c = start_cluster(nodes=[{"num_cpus": 2, "resources": {"nlray_train": 2}},
                              {"num_cpus": 2, "resources": {"nlray_decode": 2}}],
                       env=env, tmp=tmp_path_factory.mktemp("multinode"))
@@ -117,8 +122,53 @@ def test_node_local_paths_are_refused_before_any_work(cluster, tmp_path):
         f"train.storage_path={tmp_path / 'results'}", "tracking.uri=sqlite:///mlflow.db", timeout=180)
     print(f"\nrefused in {seconds:.1f}s:\n{logs[-1500:]}")
     assert status == "FAILED"
-    assert "this Ray cluster has 3 nodes" in logs
+    assert "this Ray cluster spans several nodes (3 now)" in logs
     for key in ("train.storage_path=", "tracking.uri=", "data.root="):
         assert key in logs
     assert "Traceback" not in logs
     assert not [a for a in actors_of(cluster, sub) if a["class_name"] == "RayTrainWorker"]
+
+
+@pytest.fixture
+def autoscaling(s3_endpoint, mlflow_server, tmp_path):
+    """Ray's fake multi-node provider with cluster/local/autoscaling.yaml: a head with no CPUs, no worker nodes."""
+    env = {**cluster_env(s3_endpoint, mlflow_server, "autoscaled"),
+           "NLRAY_TRAIN_RESOURCE": "nlray_train", "NLRAY_DECODE_RESOURCE": "nlray_decode"}
+    c = start_autoscaling_cluster(ROOT / "cluster" / "local" / "autoscaling.yaml", env, tmp=tmp_path / "ray")
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def count_types(nodes: list[dict]) -> tuple[int, int]:
+    return tuple(sum(1 for n in nodes if r in n["resources_total"]) for r in ("nlray_train", "nlray_decode"))
+
+
+def test_a_submitted_job_makes_the_autoscaler_add_train_and_decode_nodes_then_remove_them(autoscaling):
+    assert count_types(autoscaling.nodes()) == (0, 0)
+    sub = f"t{time.time_ns()}"
+    t0 = time.monotonic()
+    cmd = [str(RAY), "job", "submit", "--address", autoscaling.dashboard_url, "--working-dir", str(ROOT),
+           "--submission-id", sub, "--no-wait", "--", sys.executable, "jobs/train.py", "--name", "autoscaled",
+           *TINY_DEMO]
+    out = subprocess.run(cmd, env=autoscaling.env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    timeline = []  # (seconds, train nodes, decode nodes)
+    while (status := api(autoscaling, f"/api/jobs/{sub}")["status"]) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        timeline.append((round(time.monotonic() - t0), *count_types(autoscaling.nodes())))
+        assert time.monotonic() - t0 < 420, f"job still {status}: {timeline}"
+        time.sleep(2)
+    done = time.monotonic() - t0
+    logs = api(autoscaling, f"/api/jobs/{sub}/logs")["logs"]
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert max(t for _, t, _ in timeline) == 2  # one train slot per node here: 2 workers, 2 train nodes
+    assert max(d for _, _, d in timeline) >= 1
+    while count_types(nodes := autoscaling.nodes()) != (0, 0):  # idle_timeout_minutes: 1
+        timeline.append((round(time.monotonic() - t0), *count_types(nodes)))
+        assert time.monotonic() - t0 - done < 180, f"nodes not removed: {timeline}"
+        time.sleep(3)
+    timeline.append((round(time.monotonic() - t0), 0, 0))
+    changes = [row for i, row in enumerate(timeline) if i == 0 or row[1:] != timeline[i - 1][1:]]
+    print(f"\njob done at {done:.0f}s; (seconds, train nodes, decode nodes) at each change: {changes}")
+    assert timeline[-1][0] - done > 30  # removed for idleness, after the job, not lost early

@@ -58,10 +58,10 @@ def worker_resources(cfg: Config) -> dict[str, float]:
 def place_synthetic_set(cfg: Config) -> Config:
     """With no data on a cluster of several nodes, the synthetic set goes once into the shared storage
     (``<train.storage_path>/datasets/synthetic-<data.synthetic>``), not into the driver's cache."""
-    if cfg.data.root or not storage.is_s3(cfg.train.storage_path) or raycluster.node_count() == 1:
+    if cfg.data.root or not storage.is_s3(cfg.train.storage_path) or not raycluster.spans_nodes():
         return cfg
     uri = storage.join(cfg.train.storage_path, "datasets", f"synthetic-{cfg.data.synthetic}")
-    log.info("no data given on a %d-node cluster: the synthetic set at %s", raycluster.node_count(), uri)
+    log.info("no data given on a cluster of several nodes: the synthetic set at %s", uri)
     cfg.data.root = ensure_dataset_at(uri, SPECS[cfg.data.synthetic], endpoint_url=cfg.data.s3_endpoint_url)
     return cfg
 
