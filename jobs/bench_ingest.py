@@ -174,7 +174,7 @@ def measure(df, url: str, args: argparse.Namespace, sides: tuple) -> dict:
     for _ in range(args.repeats):
         for n in (1, 2):
             cfg = DataConfig(frames=32, frame_stride=2, train_short_side=sides[0], crop_size=sides[1],
-                             decode_actors=n, decode_cpus=1.0, decode_batch=2, s3_endpoint_url=url,
+                             decode_actors=n, decode_actors_max=0, decode_cpus=1.0, decode_batch=2, s3_endpoint_url=url,
                              backend=args.backend)
             for kind in ("ray", "loader"):
                 r = ray_epoch(df, cfg, args.batch) if kind == "ray" else loader_epoch(df, cfg, args.batch, n)

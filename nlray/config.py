@@ -68,8 +68,10 @@ class DataConfig:
     eval_num_crops: int = 3  # spatial crops covering the long side
     backend: str = "pyav"  # pyav | decord: PyAV's one-pass seek decoder measured faster here (bench_decode)
     batch_size: int = 8  # clips per worker per step
-    decode_actors: int = 2  # decoder actors the pool starts with (and keeps at least)
-    decode_actors_max: int = 0  # > decode_actors: the pool grows to this when it lags (autoscaler adds nodes)
+    decode_actors: int = 8  # decoder actors the pool starts with (and keeps at least)
+    # > decode_actors: the pool grows to this while decoding lags (the autoscaler adds decode nodes for it);
+    # 96 = 12 a GPU for 8 GPUs, what 32x2 training of transcoded video needs (README "On a cluster")
+    decode_actors_max: int = 96
     decode_cpus: float = 1.0  # CPUs reserved per decoder actor
     decode_batch: int = 4  # videos per map_batches call
     shuffle_seed: Optional[int] = None  # None: a new order every epoch

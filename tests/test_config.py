@@ -71,3 +71,33 @@ def test_preset_from_a_path_with_one_base(tmp_path):
     path.write_text("base: nl_c2d_r50_32f_1block\n")  # a base with a base: refused, one level only
     with pytest.raises(ConfigError, match="one level"):
         load_config(str(path))
+
+
+def test_cluster_wide_defaults_from_the_environment_sit_between_preset_and_command_line(monkeypatch):
+    monkeypatch.setenv("NLRAY_STORAGE", "s3://b/results")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://head:5000")
+    monkeypatch.setenv("NLRAY_DECODE_RESOURCE", "nlray_decode")
+    cfg = load_config("demo")  # the demo preset names a local storage_path: the cluster's wins
+    assert cfg.train.storage_path == "s3://b/results" and cfg.tracking.uri == "http://head:5000"
+    assert cfg.cluster.decode_resource == "nlray_decode" and cfg.cluster.train_resource == "auto"
+    assert load_config("demo", ["train.storage_path=/x"]).train.storage_path == "/x"  # the command line wins
+    monkeypatch.delenv("NLRAY_STORAGE")
+    assert load_config("demo").train.storage_path == "~/.cache/nlray/results"
+
+
+def test_node_local_paths_are_named_with_their_fix():
+    from nlray.raycluster import node_local_settings
+
+    local = load_config("demo", ["train.storage_path=/r", "tracking.uri=sqlite:///m.db", "data.root=/d"])
+    problems = node_local_settings(local)
+    assert [p.split("=")[0] for p in problems] == ["train.storage_path", "tracking.uri", "data.root"]
+    assert "s3://BUCKET" in problems[0] and "http://HEAD:5000" in problems[1] and "--data s3://" in problems[2]
+    shared = load_config("demo", ["train.storage_path=s3://b/r", "tracking.uri=http://h:5000", "data.root=s3://b/d"])
+    assert node_local_settings(shared) == []
+    nfs = load_config("demo", ["train.storage_path=/nfs/r", "cluster.shared_filesystem=true"])
+    assert node_local_settings(nfs) == []
+
+
+def test_a_decoder_pool_cannot_shrink_below_its_minimum():
+    with pytest.raises(ConfigError, match="data.decode_actors_max=2 must be 0"):
+        load_config("demo", ["data.decode_actors=4", "data.decode_actors_max=2"])

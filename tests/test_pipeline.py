@@ -20,7 +20,7 @@ from videos import read_codes, video_bytes
 GOOD = [("a", 40, 0), ("b", 33, 1), ("c", 60, 2), ("d", 12, 3), ("e", 10, 4), ("f", 50, 5), ("g", 24, 6)]
 BAD = {"missing": "gone.mp4", "empty": "zero.mp4", "truncated": "cut.mp4", "undecodable": "noise.mp4"}
 CFG = dict(frames=8, frame_stride=2, train_short_side=[48, 56], crop_size=40, eval_short_side=48,
-           eval_crop_size=48, decode_batch=2, decode_actors=2, decode_cpus=0.5)
+           eval_crop_size=48, decode_batch=2, decode_actors=2, decode_actors_max=0, decode_cpus=0.5)
 
 
 def write_dataset(tmp_path, put) -> pd.DataFrame:
