@@ -25,10 +25,7 @@ def main(argv=None) -> dict:
     if not argv or argv[0] == "--demo":
         overrides = argv[1:]
         return run_job(run_demo, overrides, overrides)
-    cfg = parse(__doc__, "nl_i3d_r50_128f", argv)
-    if not cfg.train.init_from:
-        print("warning: no --init-from: fine-tuning long clips from scratch (the paper starts from a "
-              "32-frame model)", file=sys.stderr)
+    cfg = parse(__doc__, "nl_i3d_r50_128f", argv)  # no --init-from: refused before Ray starts (frozen BN)
     result = run_job(fit, cfg)
     print(result)
     return result

@@ -17,7 +17,7 @@ POOL_VARIANTS = ("paper", "caffe2")  # pool1 3x3x3 / pool2 3x1x1 | 2x3x3 / 2x1x1
 TEMPORAL_PADDING = ("zeros", "replicate")
 DECODE_BACKENDS = ("pyav", "decord")
 SYNTHETIC_SETS = ("demo", "tiny")  # nlray.data.synthetic DEMO_SPEC | TINY_SPEC
-BAD_VIDEO_REASONS = ("missing", "empty", "truncated", "undecodable")
+BAD_VIDEO_REASONS = ("missing", "empty", "truncated", "undecodable", "unreachable", "timeout")
 
 
 def check_choice(name: str, value: object, allowed: tuple) -> None:

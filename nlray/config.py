@@ -11,7 +11,9 @@ translates the ``model`` section into keyword arguments.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -21,12 +23,16 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nlray import choices
+from nlray.secrets import redact
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
 class ConfigError(ValueError):
-    """A configuration key or value that is not allowed; the message names both."""
+    """A configuration key or value that is not allowed; the message names both (secrets in it redacted)."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 @dataclass
@@ -98,6 +104,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     freeze_bn: bool = False  # every BN a fixed affine (long clips)
     init_from: str = ""  # checkpoint URI, MLflow run id or runs:/<id> of a (32-frame) model
+    allow_random_init: bool = False  # true: freeze_bn without init_from / pretrained is allowed (a test, not a run)
     checkpoint_every: int = 1000  # steps
     keep_checkpoints: int = 3
     log_every: int = 20
@@ -159,7 +166,13 @@ POSITIVE = ("data.frames", "data.frame_stride", "data.crop_size", "data.eval_sho
             "data.eval_crop_size", "data.eval_num_clips", "data.eval_num_crops", "data.batch_size",
             "data.decode_actors", "data.decode_batch", "data.repeat", "model.width",
             "model.nl_temporal_groups", "train.num_workers", "train.steps", "train.base_batch",
-            "train.checkpoint_every", "train.keep_checkpoints", "train.log_every")
+            "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.base_lr",
+            "train.lr_gamma")
+NON_NEGATIVE = ("data.decode_actors_max", "data.decode_cpus", "train.cpus_per_worker", "train.warmup_steps",
+                "train.global_batch", "train.weight_decay", "train.val_num_clips", "train.val_num_crops",
+                "train.seed", "cluster.num_cpus")  # numpy refuses negative seeds; 0 CPUs is Ray's "none"
+# A run name is a folder (Ray Train storage), an MLflow tag inside a quoted search filter, a Ray Data name.
+NAME_PATTERN = re.compile(r"\w[\w.-]{0,127}")
 
 
 def preset_names() -> list[str]:
@@ -173,7 +186,10 @@ def _read_preset(name_or_path: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"unknown preset {name_or_path!r}; presets: {', '.join(preset_names())} "
                           "(or a path to a .yaml file)")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
@@ -184,20 +200,54 @@ def _preset_layers(name_or_path: str) -> list[dict]:
     base = data.pop("base", None)
     if base is None:
         return [data]
-    parent = _read_preset(base)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"preset {name_or_path!r}: base={base!r} must be one preset name or .yaml path")
+    beside = Path(name_or_path).parent / base  # a relative .yaml base is looked for beside the preset first
+    parent = _read_preset(str(beside) if Path(base).suffix in (".yaml", ".yml") and beside.is_file() else base)
     if "base" in parent:
         raise ConfigError(f"preset {base!r} has a base of its own; presets extend one level only")
     return [parent, data]
 
 
-def _merge(schema, layer, what: str):
+def _merge(schema, layer, what: str, key_hint: str = ""):
     try:
         return OmegaConf.merge(schema, layer)
     except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "?"
-        msg = str(e).splitlines()[0]
-        hint = f" Allowed keys here: {_allowed_keys(key)}" if "not in" in msg else ""
+        key = getattr(e, "full_key", None) or key_hint or _bad_section(layer) or "?"
+        msg = str(e).splitlines()[0].rstrip(".")
+        hint = f" Allowed keys here: {_allowed_keys(key)}" if "not in" in msg else _type_hint(key)
         raise ConfigError(f"{what}: {key!r}: {msg}.{hint}") from None
+
+
+def _bad_section(layer: Any) -> str:
+    """The first section of a preset layer (``model: 3``) that is not a mapping; '' if none."""
+    sections = [f.name for f in dataclasses.fields(Config) if f.name != "name"]
+    items = layer.items() if isinstance(layer, dict) else []
+    return next((k for k, v in items if k in sections and not isinstance(v, dict)), "")
+
+
+def _type_hint(full_key: str) -> str:
+    """`` Allowed: a value of type List[int].`` for a known dotted key (list indices ignored), else ''."""
+    obj: Any = Config()
+    full_key = re.sub(r"\[\d+\]", "", full_key)
+    for part in full_key.split("."):
+        fields = {f.name: f for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else {}
+        if part not in fields:
+            return ""
+        ftype, obj = fields[part].type, getattr(obj, part)
+    if dataclasses.is_dataclass(obj):
+        return f" Allowed: a mapping of {', '.join(f.name for f in dataclasses.fields(obj))}."
+    empty = f" (an empty string: {full_key}='')" if ftype == "str" else ""
+    return f" Allowed: a value of type {ftype}{empty}."
+
+
+def _to_object(cfg, what: str) -> Config:
+    """The Config dataclass, interpolations resolved; their errors as a one-line ConfigError."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"{what}: {key!r}: {str(e).splitlines()[0].rstrip('.')}.{_type_hint(key)}") from None
 
 
 def _allowed_keys(full_key: str) -> str:
@@ -237,8 +287,15 @@ def _overridden(cfg, overrides: list[str]) -> Config:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
-        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
-    obj: Config = OmegaConf.to_object(cfg)
+        key, _, value = item.partition("=")
+        if value.strip().strip("'\"") == "???":  # OmegaConf's "missing": merging it would silently keep the old value
+            raise ConfigError(f"override {item!r}: {key!r}: '???' is not a value.{_type_hint(key)}")
+        try:
+            layer = OmegaConf.from_dotlist([item])
+        except (OmegaConfBaseException, yaml.YAMLError) as e:
+            raise ConfigError(f"override {item!r}: {key!r}: {' '.join(str(e).split())}") from None
+        cfg = _merge(cfg, layer, f"override {item!r}", key.strip())
+    obj = _to_object(cfg, "overrides")
     validate(obj)
     return obj
 
@@ -252,12 +309,29 @@ def get(cfg: Config, dotted: str) -> Any:
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError for a value outside its allowed set or range."""
+    for key, value in flatten(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
+    if cfg.name and not NAME_PATTERN.fullmatch(cfg.name):
+        raise ConfigError(f"name={cfg.name!r} must be 1-128 letters, digits, '_', '.' or '-' (it names a folder "
+                          "and an MLflow run), not starting with '.' or '-'")
     for key, allowed in CHOICES.items():
         if get(cfg, key) not in allowed:
             raise ConfigError(f"{key}={get(cfg, key)!r} is not allowed; choose one of {list(allowed)}")
     for key in POSITIVE:
         if get(cfg, key) <= 0:
             raise ConfigError(f"{key}={get(cfg, key)!r} must be > 0")
+    for key in NON_NEGATIVE:
+        if get(cfg, key) < 0:
+            raise ConfigError(f"{key}={get(cfg, key)!r} must be >= 0")
+    if cfg.train.max_failures < -1:
+        raise ConfigError(f"train.max_failures={cfg.train.max_failures} must be >= -1 (-1: retry forever)")
+    if not 0.0 <= cfg.train.momentum < 1.0:
+        raise ConfigError(f"train.momentum={cfg.train.momentum!r} must be in [0, 1)")
+    if any(type(m) is not int or m < 0 for m in cfg.train.lr_milestones):
+        raise ConfigError(f"train.lr_milestones={cfg.train.lr_milestones!r} must be steps >= 0")
+    if cfg.data.shuffle_seed is not None and cfg.data.shuffle_seed < 0:
+        raise ConfigError(f"data.shuffle_seed={cfg.data.shuffle_seed} must be null (a new order each epoch) or >= 0")
     lo_hi = cfg.data.train_short_side
     if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] or lo_hi[0] < cfg.data.crop_size:
         raise ConfigError(f"data.train_short_side={lo_hi!r} must be [lo, hi] with "
@@ -270,6 +344,9 @@ def validate(cfg: Config) -> None:
             choices.check_stage_depths(cfg.model.stage_depths)
         except ValueError as e:
             raise ConfigError(f"model.{e}") from None
+        except TypeError:  # a nested list: min() cannot compare
+            raise ConfigError(f"model.stage_depths={cfg.model.stage_depths!r} must be 4 integers >= 1") from None
+    _check_placement(cfg.model)
     if cfg.model.num_classes < 0:
         raise ConfigError(f"model.num_classes={cfg.model.num_classes!r} must be >= 0 (0 = from the labels)")
     if cfg.data.decode_actors_max and cfg.data.decode_actors_max < cfg.data.decode_actors:
@@ -283,14 +360,43 @@ def validate(cfg: Config) -> None:
                           f"{cfg.train.num_workers * cfg.data.batch_size}")
 
 
+def _check_placement(m: ModelConfig) -> None:
+    """ConfigError unless every ``model.nonlocal_placement`` entry is [stage 2..5, block of that stage]."""
+    depths = list(m.stage_depths or choices.STAGE_DEPTHS[m.depth])
+    for pair in m.nonlocal_placement or []:
+        ok = (isinstance(pair, list) and len(pair) == 2 and all(type(i) is int for i in pair)
+              and 2 <= pair[0] < 2 + len(depths) and 0 <= pair[1] < depths[pair[0] - 2])
+        if not ok:
+            raise ConfigError(f"model.nonlocal_placement entry {pair!r} must be [stage, block] with stage 2..5 "
+                              f"and block 0..depth-1 of that stage (model.stage_depths / model.depth: {depths})")
+
+
 def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """YAML that ``from_yaml`` reads back to an equal Config (a literal ``${`` escaped, not interpolated)."""
+    return OmegaConf.to_yaml(OmegaConf.create(_escaped(dataclasses.asdict(cfg))))
+
+
+def _escaped(value: Any) -> Any:
+    """Strings with OmegaConf's interpolation escaped: ``${`` -> ``\\${`` (backslashes before it doubled)."""
+    if isinstance(value, str):
+        return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+    if isinstance(value, dict):
+        return {k: _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    return value
 
 
 def from_yaml(text: str) -> Config:
     """The config saved in a checkpoint or MLflow artifact, validated like a preset."""
-    cfg = _merge(OmegaConf.structured(Config), yaml.safe_load(text) or {}, "saved config")
-    obj: Config = OmegaConf.to_object(cfg)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"saved config: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"saved config: expected a mapping at the top level, got {type(data).__name__}")
+    cfg = _merge(OmegaConf.structured(Config), data, "saved config")
+    obj = _to_object(cfg, "saved config")
     validate(obj)
     return obj
 

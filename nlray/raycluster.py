@@ -7,6 +7,7 @@ import os
 import ray
 
 from nlray.config import Config, ConfigError
+from nlray.secrets import redact
 
 TRAIN_RESOURCE = "nlray_train"  # carried by the GPU (training) node types of cluster/*.yaml
 DECODE_RESOURCE = "nlray_decode"  # carried by the CPU-only decode node types
@@ -83,14 +84,14 @@ def node_local_settings(cfg: Config) -> list[str]:
         return []
     problems = []
     if not cfg.train.storage_path.startswith("s3://"):
-        problems.append(f"train.storage_path={cfg.train.storage_path!r} is a local folder: Ray Train's checkpoints "
+        problems.append(f"train.storage_path={redact(cfg.train.storage_path)!r} is a local folder: Ray Train's checkpoints "
                         "must be on storage every node reaches: set train.storage_path=s3://BUCKET/PREFIX "
                         "(or NLRAY_STORAGE on the cluster's nodes)")
     if not cfg.tracking.uri.startswith(REMOTE_TRACKING):
-        problems.append(f"tracking.uri={cfg.tracking.uri!r} is a file on one node: use the cluster's MLflow server, "
+        problems.append(f"tracking.uri={redact(cfg.tracking.uri)!r} is a file on one node: use the cluster's MLflow server, "
                         "tracking.uri=http://HEAD:5000 (or MLFLOW_TRACKING_URI on the cluster's nodes)")
     if cfg.data.root and not cfg.data.root.startswith("s3://"):
-        problems.append(f"data.root={cfg.data.root!r} (--data) is a local path: decoders on other nodes cannot "
+        problems.append(f"data.root={redact(cfg.data.root)!r} (--data) is a local path: decoders on other nodes cannot "
                         "read it: put the dataset in object storage, --data s3://BUCKET/PREFIX (or NLRAY_DATA)")
     return problems
 

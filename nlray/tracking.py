@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import torch
 
 import nlray
 from nlray.config import Config, flatten, get, to_yaml
+from nlray.secrets import redact
 
 NAME_TAG = "nlray.name"
 # Key settings as tags too, so runs of different presets line up in the MLflow UI's columns.
@@ -31,6 +33,7 @@ KEY_SETTINGS = {"backbone": "model.arch", "depth": "model.depth", "nonlocal_bloc
                 "instantiation": "model.nl_instantiation", "nl_mode": "model.nl_mode",
                 "frames": "data.frames", "frame_stride": "data.frame_stride"}
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
+TEXT_MAX_BYTES = 1 << 20  # files of a logged folder up to this size are read as text and redacted (config.yaml)
 
 
 def resolve_uri(uri: str) -> str:
@@ -57,10 +60,13 @@ class Run:
     id: str
     uri: str
 
+    def __repr__(self) -> str:  # the URI may carry user:password@: a printed Run (logs, tracebacks) hides it
+        return f"Run(id={self.id!r}, uri={redact(self.uri)!r})"
+
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        items = [Param(k, redact(str(v))[:6000]) for k, v in params.items()]
         for i in range(0, len(items), PARAM_BATCH):
             _client(self.uri).log_batch(self.id, params=items[i:i + PARAM_BATCH])
 
@@ -71,17 +77,21 @@ class Run:
         _client(self.uri).log_batch(self.id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        _client(self.uri).log_text(self.id, text, artifact_file)
+        _client(self.uri).log_text(self.id, redact(text), artifact_file)
 
     def log_dir(self, local_dir: str | Path, artifact_path: str) -> None:
-        _client(self.uri).log_artifacts(self.id, str(local_dir), artifact_path)
+        with tmpdir() as tmp:
+            _client(self.uri).log_artifacts(self.id, str(_redacted_tree(Path(local_dir), Path(tmp))), artifact_path)
 
     def log_png(self, path: Path) -> None:
         _client(self.uri).log_artifact(self.id, str(path), "plots")
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
-            _client(self.uri).set_tag(self.id, k, v)
+            _client(self.uri).set_tag(self.id, k, redact(str(v)))
+
+    def tags(self) -> dict[str, str]:
+        return dict(_client(self.uri).get_run(self.id).data.tags)
 
     def end(self, status: str = "FINISHED") -> None:
         _client(self.uri).set_terminated(self.id, status=status)
@@ -135,12 +145,31 @@ def start_or_resume_run(cfg: Config, labels: list[str], extra_params: dict | Non
     uri = resolve_uri(cfg.tracking.uri)
     exp = _client(uri).get_experiment_by_name(cfg.tracking.experiment)
     exp_id = exp.experiment_id if exp else _client(uri).create_experiment(cfg.tracking.experiment)
-    tags = {NAME_TAG: cfg.name, **{k: str(get(cfg, v)) for k, v in KEY_SETTINGS.items()}}
+    tags = {NAME_TAG: cfg.name, **{k: redact(str(get(cfg, v))) for k, v in KEY_SETTINGS.items()}}
     run = Run(_client(uri).create_run(exp_id, run_name=cfg.name, tags=tags).info.run_id, uri)
     run.log_params({**flatten(cfg), **versions(), "num_classes": len(labels), **(extra_params or {})})
     run.log_text(to_yaml(cfg), "config.yaml")
     run.log_text("\n".join(labels) + "\n", "labels.txt")
     return run, False
+
+
+def _redacted_tree(src: Path, tmp: Path) -> Path:
+    """``src``, or a copy of it under ``tmp`` whose small UTF-8 files (config.yaml, meta.json) are redacted."""
+    changed = {}
+    for path in (p for p in src.rglob("*") if p.is_file() and p.stat().st_size <= TEXT_MAX_BYTES):
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:  # weights and other binaries
+            continue
+        if redact(text) != text:
+            changed[path.relative_to(src)] = redact(text)
+    if not changed:
+        return src
+    dst = tmp / src.name
+    shutil.copytree(src, dst)
+    for rel, text in changed.items():
+        (dst / rel).write_bytes(text.encode("utf-8"))
+    return dst
 
 
 def learning_curve_png(run: Run, keys: Iterable[str], out: Path) -> Path:

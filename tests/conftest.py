@@ -76,3 +76,15 @@ def mlflow_server(tmp_path_factory):
     finally:
         stop(proc)
         shutil.rmtree(root / "artifacts", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_data(s3_endpoint):
+    """A tiny synthetic Kinetics-like set in the official layout, in a bucket on the moto endpoint."""
+    import boto3
+
+    from nlray.data.synthetic import TINY_SPEC, make_dataset
+
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="train-data")
+    make_dataset("s3://train-data/k", TINY_SPEC)
+    return "s3://train-data/k"

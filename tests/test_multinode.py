@@ -56,17 +56,29 @@ def api(cluster, path: str) -> dict:
         return json.load(r)
 
 
-def submit(cluster, *args: str, timeout: float = 600) -> tuple[str, str, str, float]:
-    """`ray job submit --working-dir .` then wait: (submission id, final status, logs, seconds)."""
+def start_job(cluster, *args: str) -> str:
+    """`ray job submit --working-dir . --no-wait -- python ARGS`: the submission id."""
     sub = f"t{time.time_ns()}"
-    t0 = time.monotonic()
     cmd = [str(RAY), "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(ROOT),
            "--submission-id", sub, "--no-wait", "--", sys.executable, *args]
     out = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+    return sub
+
+
+def wait_job(cluster, sub: str, timeout: float = 600) -> str:
+    t0 = time.monotonic()
     while (status := api(cluster, f"/api/jobs/{sub}")["status"]) not in ("SUCCEEDED", "FAILED", "STOPPED"):
         assert time.monotonic() - t0 < timeout, f"job {sub} still {status} after {timeout}s"
         time.sleep(1)
+    return status
+
+
+def submit(cluster, *args: str, timeout: float = 600) -> tuple[str, str, str, float]:
+    """`ray job submit --working-dir .` then wait: (submission id, final status, logs, seconds)."""
+    t0 = time.monotonic()
+    sub = start_job(cluster, *args)
+    status = wait_job(cluster, sub, timeout)
     return sub, status, api(cluster, f"/api/jobs/{sub}/logs")["logs"], time.monotonic() - t0
 
 
@@ -114,6 +126,35 @@ def test_the_embedded_default_runs_as_a_submitted_job_across_nodes(cluster, mlfl
     for name in ("demo-short", "demo-long"):
         assert any(k.startswith(f"results/{name}/") and k.endswith("step_00000004/model.pt") for k in keys), keys
     assert any(k.startswith("results/datasets/synthetic-tiny/") and k.endswith(".mp4") for k in keys)
+
+
+def test_a_stopped_job_submitted_again_resumes_into_the_same_mlflow_run(cluster, mlflow_server):
+    args = ["jobs/train.py", "--name", "stopped", *TINY_DEMO, "train.steps=24", "train.checkpoint_every=4"]
+    client = MlflowClient(mlflow_server)
+    sub = start_job(cluster, *args)
+    t0 = time.monotonic()
+    while True:  # until two checkpoints are behind it (steps 4 and 8), then `ray job stop`
+        runs = client.search_runs([client.get_experiment_by_name("nlray").experiment_id],
+                                  "tags.`nlray.name` = 'stopped'") if client.get_experiment_by_name("nlray") else []
+        steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] if runs else []
+        if steps and max(steps) >= 10:
+            break
+        assert time.monotonic() - t0 < 300 and api(cluster, f"/api/jobs/{sub}")["status"] in ("PENDING", "RUNNING")
+        time.sleep(0.5)
+    stopped_at = max(steps)
+    out = subprocess.run([str(RAY), "job", "stop", "--address", cluster.dashboard_url, sub], env=cluster.env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert wait_job(cluster, sub, 120) == "STOPPED"
+    again = start_job(cluster, *args)
+    assert wait_job(cluster, again) == "SUCCEEDED", api(cluster, f"/api/jobs/{again}/logs")["logs"][-4000:]
+    (run,) = client.search_runs([runs[0].info.experiment_id], "tags.`nlray.name` = 'stopped'")
+    assert run.info.run_id == runs[0].info.run_id and run.info.status == "FINISHED"
+    (resumed,) = client.get_metric_history(run.info.run_id, "train/resumed_from_step")
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    print(f"\nstopped after step {stopped_at}, resumed from step {resumed.value:.0f}; logged steps {steps}")
+    assert steps == sorted(set(steps)) and steps[-1] == 24  # no step logged twice, the axis never went back
+    assert resumed.value % 4 == 0 and stopped_at - resumed.value <= 4 + 2
 
 
 def test_node_local_paths_are_refused_before_any_work(cluster, tmp_path):

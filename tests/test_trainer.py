@@ -3,7 +3,6 @@ tracking on an `mlflow server` subprocess. One 32-frame-style run is trained, re
 long-clip model and evaluated; every check reads back through MlflowClient or the checkpoints on disk."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -12,23 +11,7 @@ from mlflow.tracking import MlflowClient
 from nlray.config import load_config
 from nlray.train import checkpoint
 from nlray.train.trainer import fit
-
-TINY = ["model.width=8", "data.frames=8", "data.train_short_side=[40,48]", "data.crop_size=32",
-        "data.eval_short_side=32", "data.eval_crop_size=32", "data.eval_num_clips=2", "data.batch_size=4",
-        "train.log_every=8", "train.checkpoint_every=20", "train.keep_checkpoints=2", "train.warmup_steps=8",
-        "train.lr_milestones=[1000]", "train.base_lr=0.01", "data.repeat=10"]
-
-
-@pytest.fixture(scope="module")
-def s3_data(s3_endpoint):
-    """A tiny synthetic Kinetics-like set in the official layout, in a bucket on the moto endpoint."""
-    import boto3
-
-    from nlray.data.synthetic import TINY_SPEC, make_dataset
-
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="train-data")
-    make_dataset("s3://train-data/k", TINY_SPEC)
-    return "s3://train-data/k"
+from tiny import TINY
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ Modules, one job each:
 - ``layout_kinetics``, ``layout_lists``: one dataset layout each (official CSVs; ``path label`` lists).
 - ``dataset``: a dataset root -> its manifest (``build_manifest``); ``resolve_dataset`` for the trainer.
 - ``synthetic``: the synthetic Kinetics-like dataset; ``transcode``: re-encoding for fast decoding.
-- ``badvideo``: why a video is bad (missing, empty, truncated, undecodable); ``probe``: check them all.
+- ``badvideo``: why a video is bad (``nlray.choices.BAD_VIDEO_REASONS``); ``probe``: check them all.
 - ``sampling``: which frames a clip takes; ``transforms``: crop geometry, scaling, crops, flips.
 - ``decode``: open a video and read chosen frames, over ``decode_pyav`` / ``decode_decord``.
 - ``clips``, ``manifest_rows``, ``pipeline``: the Ray Data pipeline (not imported here: it needs

@@ -5,7 +5,9 @@ such object), ``empty`` (0 bytes), ``truncated`` (an MP4/MOV or Matroska/WebM co
 segment run past the end of the bytes, or an MP4 that ends before its index: checked when the video
 is opened, so a cut file is always dropped, even when the part a clip wants would still decode),
 ``undecodable`` (anything else that cannot give the wanted frames: not a video, no video stream,
-frames that do not decode).
+frames that do not decode), ``unreachable`` (the store failed every retry for this object: throttling,
+5xx, resets, timeouts; an auth error or a missing bucket is not a bad video, it stops the job) and
+``timeout`` (decoding took longer than its limit: ``DecodeDeadline``, checked between packets).
 
 The container checks walk only top-level box / element headers, so they are cheap and independent
 of any decoder: a file cut short (an interrupted download or upload) is told apart from one that
@@ -14,9 +16,13 @@ use them.
 """
 from __future__ import annotations
 
+import math
+import time
+from typing import Optional
+
 from nlray.choices import BAD_VIDEO_REASONS
 
-__all__ = ["REASONS", "BadVideo", "container_truncated", "mp4_structure", "failure_reason"]
+__all__ = ["REASONS", "BadVideo", "DecodeDeadline", "container_truncated", "mp4_structure", "failure_reason"]
 
 REASONS = BAD_VIDEO_REASONS
 # ISO-BMFF (mp4/mov) top-level boxes: seeing one first means "this is an mp4".
@@ -38,6 +44,22 @@ class BadVideo(Exception):
 
     def __reduce__(self):  # picklable across Ray processes despite the custom __init__
         return BadVideo, (self.reason, self.uri, self.detail)
+
+
+class DecodeDeadline:
+    """When decoding one video must be over: ``check()`` raises BadVideo("timeout") from then on.
+
+    A thread cannot be killed, so the decoders call ``check()`` between packets (and frames): a
+    video never holds a decoder longer than its limit plus one packet's work. None: no limit.
+    """
+
+    def __init__(self, limit_s: Optional[float], uri: str = ""):
+        self.limit_s, self.uri = limit_s, uri
+        self.end = math.inf if limit_s is None else time.monotonic() + limit_s
+
+    def check(self) -> None:
+        if time.monotonic() >= self.end:
+            raise BadVideo("timeout", self.uri, f"decoding took longer than its limit of {self.limit_s:g} s")
 
 
 def mp4_structure(data: bytes) -> str:

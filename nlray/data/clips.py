@@ -6,11 +6,16 @@ come from each decoder actor's own generator, seeded from ``seed`` and a random 
 independent across actors, not bit-reproducible (which actor gets which video is up to the
 scheduler). A bad video is reported to the named ``BadVideoLog`` actor (``nlray.data.pipeline``)
 and skipped: its clip is simply absent.
+
+Failures that must not stop training are bad videos: a video whose decode takes longer than
+``decode_timeout_s`` (``timeout``), one the store failed to give through every retry
+(``unreachable``). A store that fails ``MAX_UNREACHABLE_IN_A_ROW`` videos in a row is down, not
+flaky: the decoder raises ``StorageError``, as it does at once for an auth error or a missing bucket.
 """
 from __future__ import annotations
 
 import uuid
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import ray
@@ -18,21 +23,48 @@ import ray
 from nlray.data.badvideo import BadVideo
 from nlray.data.decode import fetch_video, open_video, read_frames, read_unique
 from nlray.data.sampling import eval_indices, train_indices
+from nlray.data.storage import StorageError
 from nlray.data.transforms import Crop, crop_corners, random_flip
 
-__all__ = ["ClipDecoder", "EvalClipDecoder"]
+__all__ = ["ClipDecoder", "EvalClipDecoder", "DECODE_TIMEOUT_S", "MAX_UNREACHABLE_IN_A_ROW"]
+
+# Seconds from opening a video to its last frame: ~400x a 32x2 clip of a raw Kinetics video
+# (README decode table), so only a pathological file (huge, or a decoder stuck in it) is cut off.
+DECODE_TIMEOUT_S = 60.0
+# Unreachable videos in a row, with nothing fetched between them, that mean the store is down: with
+# each video retried MAX_ATTEMPTS times (storage), a healthy but flaky store practically never does it.
+MAX_UNREACHABLE_IN_A_ROW = 5
 
 
 class _DecoderBase:
     """Fetch -> open -> sample -> decode; a bad video is reported and skipped."""
 
-    def __init__(self, *, backend: str, endpoint_url: str, log_name: str, seed: int):
+    def __init__(self, *, backend: str, endpoint_url: str, log_name: str, seed: int,
+                 decode_timeout_s: Optional[float]):
         self.backend, self.endpoint_url, self.log_name = backend, endpoint_url, log_name
+        self.decode_timeout_s = decode_timeout_s
         self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(uuid.uuid4().int,)))
         self.bad_counts: dict[str, int] = {}  # this decoder's own tally (also outside Ray)
+        self.unreachable_in_a_row = 0
         self._log = None
 
+    def _fetched(self) -> None:
+        """A video's bytes arrived: the store answers."""
+        self.unreachable_in_a_row = 0
+
     def _report(self, bad: BadVideo) -> None:
+        """Log a bad video; StorageError when the store has been failing video after video."""
+        self._log_bad(bad)
+        if bad.reason != "unreachable":
+            self._fetched()
+            return
+        self.unreachable_in_a_row += 1
+        if self.unreachable_in_a_row >= MAX_UNREACHABLE_IN_A_ROW:
+            raise StorageError(bad.uri, f"{self.unreachable_in_a_row} videos in a row could not be fetched "
+                                        f"through every retry: the store is down, not one video "
+                                        f"(last: {bad.detail})")
+
+    def _log_bad(self, bad: BadVideo) -> None:
         self.bad_counts[bad.reason] = self.bad_counts.get(bad.reason, 0) + 1
         if self._log is None and ray.is_initialized():
             try:
@@ -43,15 +75,19 @@ class _DecoderBase:
             ray.get(self._log.report.remote(bad.uri, bad.reason, bad.detail))  # wait: counts complete
 
     def _open(self, uri: str):
-        return open_video(fetch_video(uri, endpoint_url=self.endpoint_url), backend=self.backend, uri=uri)
+        data = fetch_video(uri, endpoint_url=self.endpoint_url)
+        self._fetched()
+        return open_video(data, backend=self.backend, uri=uri, timeout_s=self.decode_timeout_s)
 
 
 class ClipDecoder(_DecoderBase):
     """map_batches actor: rows (uri, label_id, video_idx) -> train clips uint8 [T, crop, crop, 3]."""
 
     def __init__(self, *, frames: int, stride: int, short_side: tuple[int, int], crop_size: int,
-                 backend: str, endpoint_url: str = "", log_name: str, seed: int = 0):
-        super().__init__(backend=backend, endpoint_url=endpoint_url, log_name=log_name, seed=seed)
+                 backend: str, endpoint_url: str = "", log_name: str, seed: int = 0,
+                 decode_timeout_s: Optional[float] = DECODE_TIMEOUT_S):
+        super().__init__(backend=backend, endpoint_url=endpoint_url, log_name=log_name, seed=seed,
+                         decode_timeout_s=decode_timeout_s)
         self.frames, self.stride, self.crop_size = frames, stride, crop_size
         self.short_side = (int(short_side[0]), int(short_side[1]))
 
@@ -83,8 +119,10 @@ class EvalClipDecoder(_DecoderBase):
     """map_batches actor: rows -> num_clips x num_crops views per video, uint8 [T, crop, crop, 3]."""
 
     def __init__(self, *, frames: int, stride: int, short_side: int, crop_size: int, num_clips: int,
-                 num_crops: int, backend: str, endpoint_url: str = "", log_name: str, seed: int = 0):
-        super().__init__(backend=backend, endpoint_url=endpoint_url, log_name=log_name, seed=seed)
+                 num_crops: int, backend: str, endpoint_url: str = "", log_name: str, seed: int = 0,
+                 decode_timeout_s: Optional[float] = DECODE_TIMEOUT_S):
+        super().__init__(backend=backend, endpoint_url=endpoint_url, log_name=log_name, seed=seed,
+                         decode_timeout_s=decode_timeout_s)
         self.frames, self.stride, self.short_side = frames, stride, short_side
         self.crop_size, self.num_clips, self.num_crops = crop_size, num_clips, num_crops
 

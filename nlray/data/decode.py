@@ -1,6 +1,6 @@
 """Decode only the frames a clip needs, from a video's bytes: the public API over the backends.
 
-    data = fetch_video(uri)                               # BadVideo("missing" | "empty", ...)
+    data = fetch_video(uri)                    # BadVideo("missing" | "empty" | "unreachable", ...)
     with open_video(data, backend="pyav", uri=uri) as video:
         idx = train_indices(video.num_frames, frames=32, stride=2, rng=rng)
         clip = read_frames(video, idx, short_side=288)    # uint8 [32, 288, 512, 3]
@@ -14,6 +14,8 @@ The ten clips of an eval video come from one opening and one pass: ``read_frames
 of all indices, decodes it once and gathers each clip from it.
 
 A bad video raises ``BadVideo(reason, uri, detail)`` (``nlray.data.badvideo`` says which reason).
+``open_video(..., timeout_s=)`` limits the time from opening to the last frame read: a video that
+takes longer raises ``BadVideo("timeout")``, checked between packets (PyAV) or calls (decord).
 """
 from __future__ import annotations
 
@@ -22,10 +24,10 @@ from typing import Optional, Protocol
 import numpy as np
 
 from nlray.choices import DECODE_BACKENDS, check_choice
-from nlray.data.badvideo import BadVideo, container_truncated, failure_reason
+from nlray.data.badvideo import BadVideo, DecodeDeadline, container_truncated, failure_reason
 from nlray.data.decode_decord import DecordVideo
 from nlray.data.decode_pyav import PyAVVideo
-from nlray.data.storage import MissingObjectError, read_bytes
+from nlray.data.storage import MissingObjectError, UnreachableError, read_bytes
 from nlray.data.transforms import Crop, CropError
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "Video", "fetch_video", "open_video", "read_frames", "read_unique"]
@@ -41,6 +43,7 @@ class Video(Protocol):
     fps: float
     data: bytes  # the bytes it was opened from (to classify a failure)
     uri: str
+    deadline: DecodeDeadline  # when decoding must be over (raises BadVideo("timeout"))
 
     def frames(self, indices: np.ndarray, *, short_side: Optional[int],
                crop: Optional[Crop] = None) -> np.ndarray: ...
@@ -52,25 +55,34 @@ assert tuple(_BACKEND_CLASSES) == BACKENDS
 
 
 def fetch_video(uri: str, *, endpoint_url: str = "") -> bytes:
-    """The video's bytes (S3 or local); a missing object or 0 bytes raises BadVideo."""
+    """The video's bytes (S3 or local); a missing object, 0 bytes or a store that failed every retry
+    for it raises BadVideo. Other storage errors (auth, missing bucket) concern every video: they raise."""
     try:
         data = read_bytes(uri, endpoint_url=endpoint_url)
     except MissingObjectError as exc:
         raise BadVideo("missing", uri, str(exc)) from None
+    except UnreachableError as exc:
+        raise BadVideo("unreachable", uri, exc.cause[:500]) from None
     if not data:
         raise BadVideo("empty", uri, "0 bytes")
     return data
 
 
-def open_video(data: bytes, *, backend: str = DEFAULT_BACKEND, uri: str = "") -> Video:
-    """Open a video from its bytes with ``backend`` (one of BACKENDS); BadVideo if it cannot be."""
+def open_video(data: bytes, *, backend: str = DEFAULT_BACKEND, uri: str = "",
+               timeout_s: Optional[float] = None) -> Video:
+    """Open a video from its bytes with ``backend`` (one of BACKENDS); BadVideo if it cannot be.
+
+    ``timeout_s``: the most seconds from now to the last frame read from it (None: no limit)."""
     check_choice("backend", backend, BACKENDS)
     if not data:
         raise BadVideo("empty", uri, "0 bytes")
     if container_truncated(data):  # decided up front, so a cut file is dropped whichever clip is asked
         raise BadVideo("truncated", uri, f"the container runs past the end of the data ({len(data)} bytes)")
+    deadline = DecodeDeadline(timeout_s, uri)
     try:
-        video = _BACKEND_CLASSES[backend](data, uri=uri)
+        video = _BACKEND_CLASSES[backend](data, uri=uri, deadline=deadline)
+    except BadVideo:
+        raise
     except Exception as exc:  # each library has its own error types; all mean "cannot open"
         raise failure_reason(data, uri, exc) from None
     if video.num_frames < 1:

@@ -23,6 +23,7 @@ from typing import Optional
 
 import numpy as np
 
+from nlray.data.badvideo import DecodeDeadline
 from nlray.data.transforms import Crop, even_box, scaled_size
 
 __all__ = ["PyAVVideo"]
@@ -35,10 +36,11 @@ def _timestamp(packet) -> Optional[int]:
 class PyAVVideo:
     """PyAV: packets demuxed once; wanted frames decoded in one pass, unwanted non-reference skipped."""
 
-    def __init__(self, data: bytes, *, uri: str = ""):
+    def __init__(self, data: bytes, *, uri: str = "", deadline: Optional[DecodeDeadline] = None):
         import av
 
         self.data, self.uri = data, uri
+        self.deadline = deadline or DecodeDeadline(None, uri)
         self._container = av.open(io.BytesIO(data), "r")
         if not self._container.streams.video:
             raise ValueError("no video stream")
@@ -46,7 +48,7 @@ class PyAVVideo:
         self._cc = stream.codec_context
         self._cc.thread_count = 1  # one decoder = one core
         self._cc.thread_type = "NONE"
-        self._packets = [p for p in self._container.demux(stream)
+        self._packets = [p for p in self._demux(stream)
                          if p.size and not p.is_discard and _timestamp(p) is not None]
         if not self._packets:
             raise ValueError("no video packets")
@@ -63,6 +65,11 @@ class PyAVVideo:
         self.fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         self.width, self.height = self._cc.width, self._cc.height
         self.packets_sent = 0
+
+    def _demux(self, stream):
+        for packet in self._container.demux(stream):
+            self.deadline.check()  # BadVideo("timeout"): a huge or looping file does not hold us
+            yield packet
 
     def _start_key(self, frame: int) -> int:
         """Decode position of the keyframe to start from for ``frame`` (0 if none before it)."""
@@ -125,6 +132,7 @@ class PyAVVideo:
             skip = "DEFAULT" if wanted else "NONREF"
             if self._cc.skip_frame != skip:
                 self._cc.skip_frame = skip
+            self.deadline.check()
             self.packets_sent += 1
             try:
                 for frame in self._cc.decode(self._packets[q]):
@@ -137,6 +145,7 @@ class PyAVVideo:
 
         try:
             for frame in self._cc.decode(None):
+                self.deadline.check()
                 self._take(frame, state)
         except av.error.FFmpegError as exc:
             state.error = state.error or f"{type(exc).__name__}: {exc}"

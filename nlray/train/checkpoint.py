@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
+import posixpath
 import re
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+import pyarrow.fs
+import ray.train
 import torch
 
 from nlray.config import Config, from_yaml, to_yaml
-from nlray.data.storage import join, read_bytes
+from nlray.data.storage import MissingObjectError, join, read_bytes
+from nlray.secrets import redact
 from nlray.tracking import Run
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+STEP_DIR = re.compile(r"^step_(\d{8})(_from\d{8})?$")  # checkpoint folders the loop names: step_<step>[_from<step>]
 
 
 def save(dirpath: str | Path, *, model_state: dict, optimizer_state: Optional[dict], meta: dict,
@@ -47,6 +53,35 @@ def load(dirpath: str | Path) -> dict[str, Any]:
             "meta": json.loads((d / "meta.json").read_text()) if (d / "meta.json").is_file() else {}}
 
 
+def load_latest_good(ckpt: "ray.train.Checkpoint") -> tuple[dict[str, Any], list[str]]:
+    """(state, skipped): ``ckpt`` loaded, or else the newest earlier ``step_*`` checkpoint beside it that
+    loads; ``skipped`` names each that did not (cut short, a file missing) and why."""
+    skipped = []
+    for candidate in [ckpt, *earlier_checkpoints(ckpt)]:
+        try:
+            with candidate.as_directory() as d:
+                state = load(d)
+            if "step" not in state["meta"]:
+                raise ValueError("meta.json has no step")
+            return state, skipped
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+            skipped.append(f"{candidate.path}: {type(e).__name__}: {str(e)[:200]}")
+    raise RuntimeError(f"no checkpoint of this run loads: {skipped}")
+
+
+def earlier_checkpoints(ckpt: "ray.train.Checkpoint") -> list["ray.train.Checkpoint"]:
+    """The ``step_*`` checkpoints in the same folder as ``ckpt`` with smaller steps, newest first."""
+    parent, name = posixpath.split(ckpt.path.rstrip("/"))
+    current = STEP_DIR.match(name)
+    if current is None:
+        return []
+    infos = ckpt.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
+    steps = {i.base_name: int(m.group(1)) for i in infos
+             if i.type == pyarrow.fs.FileType.Directory and (m := STEP_DIR.match(i.base_name))}
+    names = sorted((n for n, s in steps.items() if s < int(current.group(1))), key=steps.get, reverse=True)
+    return [ray.train.Checkpoint(path=posixpath.join(parent, n), filesystem=ckpt.filesystem) for n in names]
+
+
 def _load_bytes(data: bytes, what: str) -> dict:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -66,7 +101,12 @@ def fetch_weights(init_from: str, *, tracking_uri: str, endpoint_url: str = "") 
     if is_run_ref(init_from):
         return _from_mlflow(init_from, tracking_uri)
     uri = init_from if init_from.endswith(".pt") else join(init_from, "model.pt")
-    return _load_bytes(read_bytes(uri, endpoint_url=endpoint_url), uri)
+    try:
+        data = read_bytes(uri, endpoint_url=endpoint_url)
+    except MissingObjectError:
+        raise ValueError(f"--init-from {init_from!r}: no checkpoint there ({uri} does not exist); give a "
+                         "checkpoint directory holding model.pt, a .pt file, or an MLflow run id") from None
+    return _load_bytes(data, uri)
 
 
 def fetch_trained(ref: str, *, tracking_uri: str, endpoint_url: str = "") -> tuple[Config, dict, dict]:
@@ -77,8 +117,8 @@ def fetch_trained(ref: str, *, tracking_uri: str, endpoint_url: str = "") -> tup
             try:
                 d = Run(run_id, tracking_uri).download("checkpoint", tmp)
             except Exception as e:
-                raise ValueError(f"{ref!r}: MLflow run {run_id} at {tracking_uri} has no final checkpoint "
-                                 f"artifact (did it finish?): {e}") from None
+                raise ValueError(redact(f"{ref!r}: MLflow run {run_id} at {tracking_uri} has no final checkpoint "
+                                        f"artifact (did it finish?): {e}")) from None
             state = load(d)
             cfg = from_yaml((Path(d) / "config.yaml").read_text())
         return cfg, state["model"], state["meta"]
@@ -96,6 +136,6 @@ def _from_mlflow(ref: str, tracking_uri: str) -> dict:
         try:
             local = Run(run_id, tracking_uri).download(path, tmp)
         except Exception as e:
-            raise ValueError(f"--init-from {ref!r}: no artifact {path!r} in MLflow run {run_id} at "
-                             f"{tracking_uri}: {e}") from None
+            raise ValueError(redact(f"--init-from {ref!r}: no artifact {path!r} in MLflow run {run_id} at "
+                                    f"{tracking_uri}: {e}")) from None
         return _load_bytes(Path(local).read_bytes(), f"runs:/{run_id}/{path}")

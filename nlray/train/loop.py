@@ -4,9 +4,11 @@ Rank 0 alone writes: MLflow step metrics (into the run the driver made) and chec
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import numpy as np
@@ -25,6 +27,9 @@ from nlray.models import build_model, freeze_batchnorm
 from nlray.tracking import Run
 from nlray.train import checkpoint
 from nlray.train.optim import accumulation_steps, build_optimizer, global_batch, lr_at, peak_lr
+
+log = logging.getLogger("nlray")
+NO_DATA_TAG = "nlray.no_data_epoch"  # set by rank 0 when an epoch gave no batch; the driver then fails the run
 
 
 def build_worker_model(cfg: Config) -> nn.Module:
@@ -89,25 +94,25 @@ class Meter:
                 "train/data_wait_share": waited / world / max(elapsed, 1e-9)}
 
 
-def restore(model: nn.Module, init_ref) -> tuple[Optional[dict], int, int]:
-    """Load the latest Ray Train checkpoint (resume) or else the driver's initial weights.
+def restore(model: nn.Module, init_ref) -> tuple[Optional[dict], int, int, list[str]]:
+    """Load the latest Ray Train checkpoint that loads (resume) or else the driver's initial weights.
 
-    Returns (optimizer state or None, step, epoch).
+    Returns (optimizer state or None, step, epoch, checkpoints skipped because they did not load).
     """
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = checkpoint.load(d)
+        state, skipped = checkpoint.load_latest_good(ckpt)
         model.load_state_dict(state["model"])
-        return state["optimizer"], int(state["meta"]["step"]), int(state["meta"].get("epoch", 0))
+        return state["optimizer"], int(state["meta"]["step"]), int(state["meta"].get("epoch", 0)), skipped
     if init_ref is not None:
         model.load_state_dict(ray.get(init_ref))
-    return None, 0, 0
+    return None, 0, 0, []
 
 
-def save_and_report(model: nn.Module, optimizer, *, cfg: Config, meta: dict, metrics: dict) -> None:
-    """Every rank reports; rank 0 alone writes the checkpoint directory."""
-    name = f"step_{meta['step']:08d}"
+def save_and_report(model: nn.Module, optimizer, *, cfg: Config, meta: dict, metrics: dict,
+                    suffix: str = "") -> None:
+    """Every rank reports; rank 0 alone writes the checkpoint directory ``step_<step>[suffix]``."""
+    name = f"step_{meta['step']:08d}{suffix}"
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics, checkpoint_dir_name=name)
         return
@@ -125,65 +130,136 @@ def bad_video_metrics(cfg: Config) -> dict[str, float]:
         "data/bad_videos_total": sum(counts.values())}
 
 
+@dataclass
+class Loop:
+    """What one worker's training loop holds between steps."""
+
+    cfg: Config
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    run: Run
+    meta: dict  # saved in every checkpoint beside step and epoch
+    peak_lr: float
+    accum: int  # micro-batches per optimizer step
+    logged_upto: int  # steps up to here are in MLflow already (a restart replays them: not logged again)
+    # after falling back past a checkpoint that did not load, new checkpoints of the same steps get their own
+    # folders: Ray Train's retention would otherwise delete the new one with the bad one it replaces
+    dir_suffix: str = ""
+    meter: Meter = None  # type: ignore[assignment]
+
+    def __post_init__(self):
+        self.meter = Meter(self.device)
+        self.bf16 = self.cfg.train.bf16 and self.device.type == "cuda"
+        self.micro = 0
+
+
 def train_func(config: dict) -> None:
     """Ray Train entry point. config: cfg (YAML), labels, run (tracking.Run), init_ref (ObjectRef of a
     state dict or None)."""
-    cfg = from_yaml(config["cfg"])
+    loop, step, epoch = setup(config)
+    shard = ray.train.get_dataset_shard("train")
+    last_saved = step
+    while step < loop.cfg.train.steps:
+        step, batches, last_saved = train_epoch(loop, shard, step, epoch, last_saved)
+        if batches == 0:  # every worker sees it: an epoch with no clip would repeat forever
+            if ray.train.get_context().get_world_rank() == 0:
+                loop.run.set_tags({NO_DATA_TAG: str(epoch)})  # the driver raises, naming the reasons
+            return
+        epoch += 1
+    if last_saved != step:  # resumed at or past the end: report once so the run has a final checkpoint
+        save(loop, step, epoch)
+
+
+def setup(config: dict) -> tuple[Loop, int, int]:
+    """The model (restored or initialised), optimizer and logging state of one worker: (loop, step, epoch)."""
+    cfg, run = from_yaml(config["cfg"]), config["run"]
     tcfg, rank = cfg.train, ray.train.get_context().get_world_rank()
     torch.manual_seed(tcfg.seed + rank)
-    device = ray.train.torch.get_device()
     model = build_worker_model(cfg)
-    opt_state, step, epoch = restore(model, config["init_ref"])
+    opt_state, step, epoch, skipped = restore(model, config["init_ref"])
     if tcfg.freeze_bn:
         model = freeze_batchnorm(model)
     model = ray.train.torch.prepare_model(model)
-    accum = accumulation_steps(tcfg, cfg.data.batch_size)
     peak = peak_lr(tcfg, global_batch(tcfg, cfg.data.batch_size))
     optimizer = build_optimizer(model, tcfg, peak)
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
-    bf16 = tcfg.bf16 and device.type == "cuda"
-    shard = ray.train.get_dataset_shard("train")
-    meter, micro, last_saved = Meter(device), 0, step
-    meta = {"labels": config["labels"], "mlflow_run_id": config["run"].id, "schedule": {
+    meta = {"labels": config["labels"], "mlflow_run_id": run.id, "schedule": {
         "peak_lr": peak, "milestones": tcfg.lr_milestones, "gamma": tcfg.lr_gamma, "warmup": tcfg.warmup_steps}}
+    logged = note_start(run, step, skipped) if rank == 0 else 0
     model.train()
-    while step < tcfg.steps:
-        batches = shard.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=pick_video_label,
-                                           drop_last=True, prefetch_batches=2)
-        for batch, waited in synced_batches(batches, device):
-            micro += 1
-            sync = micro % accum == 0
-            with (model.no_sync() if not sync and hasattr(model, "no_sync") else nullcontext()):
-                loss, correct = forward_loss(model, batch, device, bf16)
-                (loss / accum).backward()
-            meter.add(loss.item(), correct, len(batch["label"]), waited)
-            if not sync:
-                continue
-            lr = lr_at(step, peak=peak, milestones=tcfg.lr_milestones, gamma=tcfg.lr_gamma,
-                       warmup_steps=tcfg.warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % tcfg.log_every == 0 or step == tcfg.steps:
-                log_interval(cfg, config["run"], meter, step, epoch, lr)
-            if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
-                save_and_report(model, optimizer, cfg=cfg, meta={**meta, "step": step, "epoch": epoch},
-                                metrics={"step": step, "epoch": epoch})
-                last_saved = step
-            if step >= tcfg.steps:
-                break
-        epoch += 1
-    if last_saved != step:  # resumed at or past the end: report once so the run has a final checkpoint
-        save_and_report(model, optimizer, cfg=cfg, meta={**meta, "step": step, "epoch": epoch},
-                        metrics={"step": step, "epoch": epoch})
+    return Loop(cfg, model, optimizer, ray.train.torch.get_device(), run, meta, peak,
+                accumulation_steps(tcfg, cfg.data.batch_size), logged,
+                f"_from{step:08d}" if skipped else ""), step, epoch
 
 
-def log_interval(cfg: Config, run: Run, meter: Meter, step: int, epoch: int, lr: float) -> None:
-    metrics = meter.reduce()  # a collective: every rank calls it
-    meter.reset()
-    if ray.train.get_context().get_world_rank() == 0:
-        metrics.update({"train/lr": lr, "train/epoch": epoch, **bad_video_metrics(cfg)})
-        run.log_metrics(metrics, step)
+def note_start(run: Run, step: int, skipped: list[str]) -> int:
+    """Rank 0 at a (re)start: mark in MLflow where training resumed and which checkpoints did not load;
+    return the last step already logged, so that steps replayed after a restart are not logged twice."""
+    logged = max((s for s, _ in run.metric_history("train/loss")), default=0)
+    if step > 0:
+        restarts = len(run.metric_history("train/resumed_from_step")) + 1
+        run.log_metrics({"train/resumed_from_step": step}, step)
+        run.set_tags({"nlray.restarts": str(restarts)})
+    if skipped:
+        log.warning("skipped checkpoints that do not load: %s", "; ".join(skipped))
+        run.set_tags({"nlray.skipped_checkpoints": "; ".join(skipped)[:5000]})
+    return logged
+
+
+def train_epoch(loop: Loop, shard, step: int, epoch: int, last_saved: int) -> tuple[int, int, int]:
+    """One pass over this worker's shard: (step, batches seen, last step saved)."""
+    tcfg, batches = loop.cfg.train, 0
+    it = shard.iter_torch_batches(batch_size=loop.cfg.data.batch_size, collate_fn=pick_video_label,
+                                  drop_last=True, prefetch_batches=2)
+    for batch, waited in synced_batches(it, loop.device):
+        batches += 1
+        if not micro_step(loop, batch, waited):
+            continue
+        step += 1
+        lr = optimizer_step(loop, step)
+        if step % tcfg.log_every == 0 or step == tcfg.steps:
+            log_interval(loop, step, epoch, lr)
+        if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
+            save(loop, step, epoch)
+            last_saved = step
+        if step >= tcfg.steps:
+            break
+    return step, batches, last_saved
+
+
+def micro_step(loop: Loop, batch: dict, waited: float) -> bool:
+    """Forward and backward of one batch; True when the accumulated gradients are due for a step."""
+    loop.micro += 1
+    sync = loop.micro % loop.accum == 0
+    with (loop.model.no_sync() if not sync and hasattr(loop.model, "no_sync") else nullcontext()):
+        loss, correct = forward_loss(loop.model, batch, loop.device, loop.bf16)
+        (loss / loop.accum).backward()
+    loop.meter.add(loss.item(), correct, len(batch["label"]), waited)
+    return sync
+
+
+def optimizer_step(loop: Loop, step: int) -> float:
+    """SGD at the schedule's lr for the step being taken (step - 1 done so far); returns the lr."""
+    t = loop.cfg.train
+    lr = lr_at(step - 1, peak=loop.peak_lr, milestones=t.lr_milestones, gamma=t.lr_gamma,
+               warmup_steps=t.warmup_steps)
+    for group in loop.optimizer.param_groups:
+        group["lr"] = lr
+    loop.optimizer.step()
+    loop.optimizer.zero_grad(set_to_none=True)
+    return lr
+
+
+def save(loop: Loop, step: int, epoch: int) -> None:
+    save_and_report(loop.model, loop.optimizer, cfg=loop.cfg, meta={**loop.meta, "step": step, "epoch": epoch},
+                    metrics={"step": step, "epoch": epoch}, suffix=loop.dir_suffix)
+
+
+def log_interval(loop: Loop, step: int, epoch: int, lr: float) -> None:
+    metrics = loop.meter.reduce()  # a collective: every rank calls it
+    loop.meter.reset()
+    if ray.train.get_context().get_world_rank() == 0 and step > loop.logged_upto:
+        metrics.update({"train/lr": lr, "train/epoch": epoch, **bad_video_metrics(loop.cfg)})
+        loop.run.log_metrics(metrics, step)

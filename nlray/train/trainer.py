@@ -16,16 +16,18 @@ from ray.train.torch import TorchTrainer
 from nlray import raycluster, tracking
 from nlray.config import Config, ConfigError, to_yaml
 from nlray.data import resolve_dataset
-from nlray.data.pipeline import bad_video_list, bad_video_log_name, build_train_dataset, has_split
+from nlray.data.pipeline import (bad_video_counts, bad_video_list, bad_video_log_name, build_train_dataset,
+                                 has_split)
 from nlray.data import storage
 from nlray.data.storage import pyarrow_filesystem
 from nlray.data.synthetic import SPECS, ensure_dataset_at
 from nlray.models import build_model
+from nlray.secrets import redact
 from nlray.tracking import Run
 from nlray.train import checkpoint
 from nlray.train.evaluate import evaluate
 from nlray.train.weights import initial_weights
-from nlray.train.loop import train_func
+from nlray.train.loop import NO_DATA_TAG, train_func
 
 log = logging.getLogger("nlray")
 
@@ -81,30 +83,71 @@ def make_trainer(cfg: Config, labels: list[str], run: Run, init_ref, train_ds) -
     )
 
 
+class NoDataError(RuntimeError):
+    """The training set gives no clip: every video is bad, or none is usable."""
+
+
 def fit(cfg: Config) -> dict:
     """Train (or resume) the run named cfg.name; returns its final metrics, run id and checkpoint path."""
-    if not cfg.name:
-        raise ConfigError("name is empty: every run needs a name (--name); the same name resumes")
+    check_initialisation(cfg)
     raycluster.connect(cfg.cluster.address, cfg.cluster.num_cpus)
     raycluster.require_shared_paths(cfg)  # before any work is scheduled
     cfg = place_synthetic_set(cfg)
     df, labels = resolve_dataset(cfg.data)
+    require_usable_videos(cfg, df)
     cfg = resolve_classes(cfg, labels)
     cfg.tracking.uri = tracking.resolve_uri(cfg.tracking.uri)  # workers run in other directories
+    init = initial_weights(cfg)  # a bad --init-from fails here, before a run or a worker exists
     run, resumed = tracking.start_or_resume_run(cfg, labels, {"world_size": cfg.train.num_workers})
-    log.info("MLflow run %s (%s) at %s", run.id, "resumed" if resumed else "new", run.uri)
+    log.info("MLflow run %s (%s) at %s", run.id, "resumed" if resumed else "new", redact(run.uri))
     try:
-        init = initial_weights(cfg)
         init_ref = ray.put(init) if init is not None else None
         train_ds = build_train_dataset(df, cfg.data, run_name=cfg.name, seed=cfg.train.seed,
                                        resources=raycluster.decoder_resources(cfg))
+        run.set_tags({NO_DATA_TAG: ""})
         result = make_trainer(cfg, labels, run, init_ref, train_ds).fit()
+        if run.tags().get(NO_DATA_TAG):
+            raise NoDataError(no_data_message(cfg, df, int(run.tags()[NO_DATA_TAG])))
         out = finish(cfg, df, labels, run, result)
-    except BaseException:
+    except BaseException as e:
+        run.set_tags({"nlray.failure": f"{type(e).__name__}: {e}"[:5000]})
         run.end("FAILED")
         raise
     run.end()
     return out
+
+
+def check_initialisation(cfg: Config) -> None:
+    """A run needs a name; frozen BN (long clips) only makes sense over trained weights."""
+    if not cfg.name:
+        raise ConfigError("name is empty: every run needs a name (--name); the same name resumes")
+    t = cfg.train
+    if t.freeze_bn and not t.init_from and cfg.model.pretrained == "none" and not t.allow_random_init:
+        raise ConfigError("train.freeze_bn=true with no --init-from and model.pretrained=none would train a "
+                          "random network whose BN layers are frozen at identity: give --init-from <32-frame "
+                          "run id or checkpoint> (PAPER.md: long clips start from the 32-frame model), or set "
+                          "train.allow_random_init=true to do it anyway")
+
+
+def require_usable_videos(cfg: Config, df) -> None:
+    """A probed manifest (prepare_kinetics --probe) whose training videos are all bad fails before training."""
+    if "status" not in df.columns or not has_split(df, cfg.data.train_split):
+        return
+    rows = df[df["split"] == cfg.data.train_split]
+    if not (rows["status"] == "ok").any():
+        counts = rows["status"].value_counts().to_dict()
+        raise NoDataError(f"{cfg.data.root or 'the dataset'}: none of the {len(rows)} "
+                          f"{cfg.data.train_split!r} videos probed ok: {counts}")
+
+
+def no_data_message(cfg: Config, df, epoch: int) -> str:
+    """What an epoch that gave no batch tried: the dataset, its videos and the bad ones by reason."""
+    tried = int((df["split"] == cfg.data.train_split).sum()) if "split" in df.columns else len(df)
+    counts = bad_video_counts(bad_video_log_name(cfg.name, cfg.data.train_split))
+    return (f"epoch {epoch} of {cfg.data.root or 'the synthetic set'} ({cfg.data.train_split!r} split) gave no "
+            f"batch of {cfg.data.batch_size} clips on some worker: {tried} videos tried, bad videos by reason: "
+            f"{counts or 'none'} (see bad_videos.tsv; too few good videos for "
+            f"{cfg.train.num_workers} workers x data.batch_size={cfg.data.batch_size} is the other cause)")
 
 
 def finish(cfg: Config, df, labels: list[str], run: Run, result) -> dict:

@@ -12,13 +12,14 @@ from contextlib import AbstractContextManager
 from typing import Any, Iterable, Optional
 from urllib.parse import unquote, urlparse
 
-from nlray.data.storage.base import MissingObjectError, Storage, StorageError
+from nlray.data.storage.base import MissingObjectError, Storage, StorageError, UnreachableError
 from nlray.data.storage.local import LocalStorage
 from nlray.data.storage.s3 import S3Storage
 from nlray.data.storage.s3_client import resolve_endpoint
+from nlray.secrets import redact
 
-__all__ = ["StorageError", "MissingObjectError", "Storage", "VIDEO_SUFFIXES", "backend", "read_bytes",
-           "write_bytes", "exists", "size", "is_folder", "check_access", "list_files", "delete",
+__all__ = ["StorageError", "MissingObjectError", "UnreachableError", "Storage", "VIDEO_SUFFIXES", "backend",
+           "read_bytes", "write_bytes", "exists", "size", "is_folder", "check_access", "list_files", "delete",
            "delete_tree", "upload_tree", "staged_tree", "pyarrow_filesystem", "join", "relative_to",
            "is_s3", "local_path", "resolve_endpoint"]
 
@@ -32,21 +33,21 @@ URI_FORMS = "s3://bucket[/prefix], file:///abs/path or a plain local path"
 def _parse(uri: str) -> tuple[str, str, str]:
     """``(scheme, bucket, key)`` for s3 or ``("file", "", abs_path)`` for local URIs."""
     if not isinstance(uri, str) or not uri.strip():
-        raise ValueError(f"storage URI {uri!r} is empty; use {URI_FORMS}")
+        raise ValueError(f"storage URI {redact(uri)!r} is empty; use {URI_FORMS}")
     if uri.startswith("s3://"):
         rest = uri[len("s3://"):]
         bucket, _, key = rest.partition("/")
         if not bucket or "/" in bucket or bucket != bucket.strip():
-            raise ValueError(f"storage URI {uri!r} has no bucket; use {URI_FORMS}")
+            raise ValueError(f"storage URI {redact(uri)!r} has no bucket; use {URI_FORMS}")
         return "s3", bucket, key
     if uri.startswith("file://"):
         parsed = urlparse(uri)
         if parsed.netloc not in ("", "localhost"):
-            raise ValueError(f"storage URI {uri!r}: file:// URIs must be absolute (file:///path); "
+            raise ValueError(f"storage URI {redact(uri)!r}: file:// URIs must be absolute (file:///path); "
                              f"use {URI_FORMS}")
         return "file", "", unquote(parsed.path)
     if "://" in uri or uri.lower().startswith("s3:"):
-        raise ValueError(f"storage URI {uri!r} has an unsupported scheme; use {URI_FORMS}")
+        raise ValueError(f"storage URI {redact(uri)!r} has an unsupported scheme; use {URI_FORMS}")
     return "file", "", os.path.abspath(os.path.expanduser(uri))
 
 

@@ -4,18 +4,27 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from nlray.secrets import redact
+
 
 class StorageError(RuntimeError):
     """A storage operation that failed; the message names the URI and the cause."""
 
     def __init__(self, uri: str, cause: str):
-        super().__init__(f"{uri}: {cause}")
+        super().__init__(redact(f"{uri}: {cause}"))  # an endpoint or URI may carry user:password@
         self.uri = uri
         self.cause = cause
 
 
 class MissingObjectError(StorageError):
     """The object or file does not exist (the bucket or folder does)."""
+
+
+class UnreachableError(StorageError):
+    """Throttling, 5xx answers, resets or timeouts on every attempt: the store did not answer in time.
+
+    About one object: a decoder drops that video (reason ``unreachable``). An auth error or a
+    missing bucket is a plain StorageError instead: it concerns every object and stops the job."""
 
 
 class Storage(Protocol):

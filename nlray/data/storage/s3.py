@@ -5,7 +5,8 @@ the explicit ``endpoint_url`` argument (config key ``data.s3_endpoint_url``), el
 ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``. boto3 would honour those variables itself, pyarrow
 would not, so both are resolved here and handed to each explicitly: the two always agree.
 
-Throttling and 5xx answers are retried with exponential backoff and full jitter; an auth error
+Throttling, 5xx answers, resets and timeouts are retried with exponential backoff and full jitter,
+within a bounded time (``s3_client.WORST_CASE_S``), then raise ``UnreachableError``; an auth error
 or a missing bucket fails at once (retrying cannot fix it); a missing object raises
 ``MissingObjectError`` so that decoders can count it as a "missing" video (s3_client.py).
 """
@@ -22,7 +23,8 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 from nlray.data.storage.base import MissingObjectError
-from nlray.data.storage.s3_client import MAX_ATTEMPTS, call, client, resolve_endpoint
+from nlray.data.storage.s3_client import (CONNECT_TIMEOUT_S, MAX_ATTEMPTS, READ_TIMEOUT_S, call, client,
+                                          resolve_endpoint)
 
 LIST_PAGE_SIZE = 1000  # keys per ListObjectsV2 page (S3's maximum)
 # Where boto3 found static keys: hand pyarrow the same keys. Anything else (instance role, SSO,
@@ -44,7 +46,8 @@ class S3Storage:
         return call(self.uri, lambda: fn(s3))
 
     def read_bytes(self) -> bytes:
-        return self._request(lambda s3: s3.get_object(Bucket=self.bucket, Key=self.key))["Body"].read()
+        # the body is read inside the retry loop: a reset or a stall in the middle of it is retried
+        return self._request(lambda s3: s3.get_object(Bucket=self.bucket, Key=self.key)["Body"].read())
 
     def write_bytes(self, data: bytes) -> None:
         if not self.key or self.key.endswith("/"):
@@ -133,8 +136,11 @@ class S3Storage:
 
         session = boto3.session.Session()
         endpoint = resolve_endpoint(self.endpoint_url)
+        # the same attempts and timeouts as boto3 (s3_client.py): a stalled answer is a retried timeout
+        # (request_timeout applies on Linux too, whatever pyarrow's docstring says: test_flaky_storage.py)
         kwargs: dict[str, Any] = {"region": _region(session, self.bucket, endpoint),
                                   "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS),
+                                  "connect_timeout": CONNECT_TIMEOUT_S, "request_timeout": READ_TIMEOUT_S,
                                   **_pyarrow_credentials(session)}
         if endpoint:
             parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
