@@ -39,7 +39,11 @@ def leave_job_working_dir() -> None:
     the driver's cwd, and any file made there (sqlite:///mlflow.db), would vanish. Its modules are
     imported by now; the home folder is a cwd that stays.
     """
-    if JOB_WORKING_DIRS in os.getcwd():
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:  # already deleted under us (seen right after ray.init, too)
+        cwd = JOB_WORKING_DIRS
+    if JOB_WORKING_DIRS in cwd:
         os.chdir(os.path.expanduser("~"))
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+import ray
 from ray.util.state import list_actors
 
 from nlray.config import ConfigError, load_config
@@ -30,7 +31,8 @@ def env(ray_local, s3_data, mlflow_server, tmp_path_factory):
 
 
 def config(env, *extra: str, preset: str = "demo"):
-    return load_config(preset, [*TINY, *env["common"], *extra])
+    """TINY runs with no validation split (these tests are about training; a run validates in test_trainer)."""
+    return load_config(preset, [*TINY, *env["common"], "data.val_split=none", *extra])
 
 
 def runs_named(uri: str, name: str) -> list:
@@ -85,8 +87,8 @@ def _kill_a_worker_after(uri: str, name: str, step: int, out: dict) -> None:
         runs = runs_named(uri, name)
         done = [s for s, _ in history(uri, runs[0].info.run_id, "train/loss")] if runs else []
         if done and max(done) >= step:
-            workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
-                                  detail=True)
+            workers = list_actors(address=out["address"], detail=True,
+                                  filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
             out["killed_at"] = max(done)
             out["pid"] = workers[0].pid
             os.kill(workers[0].pid, signal.SIGKILL)
@@ -97,7 +99,7 @@ def _kill_a_worker_after(uri: str, name: str, step: int, out: dict) -> None:
 def test_a_worker_killed_mid_run_restarts_from_the_latest_checkpoint_into_the_same_run(env):
     cfg = config(env, "name=killed", "train.steps=32", "train.log_every=2", "train.checkpoint_every=4",
                  "train.max_failures=2")
-    seen: dict = {}
+    seen: dict = {"address": ray.get_runtime_context().gcs_address}  # this test's Ray, whatever else runs
     # after step 10: two checkpoints (4, 8) reported, so the controller surely holds one when the kill comes
     killer = threading.Thread(target=kill_a_worker_after, args=(env["uri"], "killed", 10, seen), daemon=True)
     killer.start()

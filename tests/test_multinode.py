@@ -129,7 +129,8 @@ def test_the_embedded_default_runs_as_a_submitted_job_across_nodes(cluster, mlfl
 
 
 def test_a_stopped_job_submitted_again_resumes_into_the_same_mlflow_run(cluster, mlflow_server):
-    args = ["jobs/train.py", "--name", "stopped", *TINY_DEMO, "train.steps=24", "train.checkpoint_every=4"]
+    args = ["jobs/train.py", "--name", "stopped", *TINY_DEMO, "train.steps=24", "train.checkpoint_every=4",
+            "data.val_split=none"]
     client = MlflowClient(mlflow_server)
     sub = start_job(cluster, *args)
     t0 = time.monotonic()
@@ -192,7 +193,7 @@ def test_a_submitted_job_makes_the_autoscaler_add_train_and_decode_nodes_then_re
     t0 = time.monotonic()
     cmd = [str(RAY), "job", "submit", "--address", autoscaling.dashboard_url, "--working-dir", str(ROOT),
            "--submission-id", sub, "--no-wait", "--", sys.executable, "jobs/train.py", "--name", "autoscaled",
-           *TINY_DEMO]
+           *TINY_DEMO, "data.val_split=none"]
     out = subprocess.run(cmd, env=autoscaling.env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     timeline = []  # (seconds, train nodes, decode nodes)
