@@ -24,7 +24,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,14 +34,10 @@ from pathlib import Path
 
 import yaml
 
+from nlray.servers import free_port
+
 RAY = Path(sys.executable).parent / "ray"
 LOCALHOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOCALHOST, 0))
-        return s.getsockname()[1]
 
 
 def _session_members(sid: int) -> list[int]:

@@ -106,8 +106,9 @@ def fit(cfg: Config) -> dict:
                                        resources=raycluster.decoder_resources(cfg))
         run.set_tags({NO_DATA_TAG: ""})
         result = make_trainer(cfg, labels, run, init_ref, train_ds).fit()
-        if run.tags().get(NO_DATA_TAG):
-            raise NoDataError(no_data_message(cfg, df, int(run.tags()[NO_DATA_TAG])))
+        empty_epoch = run.tags().get(NO_DATA_TAG)
+        if empty_epoch:
+            raise NoDataError(no_data_message(cfg, df, int(empty_epoch)))
         out = finish(cfg, df, labels, run, result)
     except BaseException as e:
         run.set_tags({"nlray.failure": f"{type(e).__name__}: {e}"[:5000]})
