@@ -7,7 +7,6 @@ Clip-level numbers score each view alone; video-level numbers score the average.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,7 +16,7 @@ import ray
 import torch
 
 from nlray import raycluster, tracking
-from nlray.config import Config, TrackingConfig, apply_overrides, from_yaml, to_yaml
+from nlray.config import Config, TrackingConfig, apply_overrides, env_layer, from_yaml, to_yaml
 from nlray.data import resolve_dataset
 from nlray.data.pipeline import build_eval_dataset
 from nlray.data.transforms import normalize_on_device
@@ -104,7 +103,8 @@ def run_evaluation(*, ref: str, data: Optional[str] = None, split: Optional[str]
                    use_gpu: bool = False, tracking_uri: Optional[str] = None,
                    overrides: Sequence[str] = ()) -> dict[str, float]:
     """jobs/evaluate.py: score a finished run / checkpoint and log clip- and video-level top-k to MLflow."""
-    uri = tracking.resolve_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or TrackingConfig.uri)
+    from_env = env_layer().get("tracking", {}).get("uri")  # MLFLOW_TRACKING_URI, as every job reads it
+    uri = tracking.resolve_uri(tracking_uri or from_env or TrackingConfig.uri)
     cfg, state, meta = checkpoint.fetch_trained(ref, tracking_uri=uri)
     cfg = _with_overrides(cfg, overrides, data=data, split=split, tracking_uri=uri)
     raycluster.connect(cfg.cluster.address, cfg.cluster.num_cpus)
