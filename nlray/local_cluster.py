@@ -31,6 +31,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Optional
 
 import yaml
 
@@ -75,6 +76,22 @@ class LocalCluster:
     log_dir: Path
     sessions: list[int] = field(default_factory=list)
     _own_dirs: list[Path] = field(default_factory=list)
+    _join: Optional[Callable[[dict], int]] = None  # start_cluster's way to join one more node
+
+    def add_node(self, spec: dict) -> int:
+        """Join one more node (``spec`` as in start_cluster), as an autoscaler would; its session id."""
+        if self._join is None:
+            raise RuntimeError("add_node needs a cluster made by start_cluster")
+        return self._join(spec)
+
+    def kill_node(self, session: int) -> list[int]:
+        """Lose one node at once: SIGKILL every process of its ``ray start`` session (raylet, object store,
+        agents, the workers it started), as when a machine is preempted. Returns the pids killed."""
+        if session == self.sessions[0]:
+            raise ValueError("that is the head node's session: stop() ends the whole cluster")
+        pids = _session_members(session)
+        _signal_session(session, signal.SIGKILL)
+        return pids
 
     @property
     def env(self) -> dict[str, str]:
@@ -224,18 +241,23 @@ def start_cluster(*, nodes: list[dict], env: dict[str, str] | None = None, tmp: 
                 "--min-worker-port=0", "--max-worker-port=0",
                 f"--object-store-memory={object_store_memory}", "--disable-usage-stats"]
 
+    def join(spec: dict) -> int:
+        args = [f"--address={gcs}", f"--num-cpus={int(spec.get('num_cpus', 1))}",
+                f"--num-gpus={int(spec.get('num_gpus', 0))}", *per_node_ports()]
+        if spec.get("resources"):
+            args.append("--resources=" + json.dumps(spec["resources"]))
+        _ray_start(args, node_env, tmp / f"node{len(cluster.sessions) - 1}.log", cluster.sessions, timeout)
+        return cluster.sessions[-1]
+
+    cluster._join = join
     try:
         _ray_start(["--head", f"--port={port}", "--num-cpus=0",
                     "--num-gpus=0", "--include-dashboard=true", f"--dashboard-host={LOCALHOST}",
                     f"--dashboard-port={dash_port}", f"--ray-client-server-port={free_port()}",
                     f"--temp-dir={temp_dir}", *per_node_ports()],
                    node_env, tmp / "head.log", cluster.sessions, timeout)
-        for i, spec in enumerate(nodes):
-            args = [f"--address={gcs}", f"--num-cpus={int(spec.get('num_cpus', 1))}",
-                    f"--num-gpus={int(spec.get('num_gpus', 0))}", *per_node_ports()]
-            if spec.get("resources"):
-                args.append("--resources=" + json.dumps(spec["resources"]))
-            _ray_start(args, node_env, tmp / f"node{i}.log", cluster.sessions, timeout)
+        for spec in nodes:
+            join(spec)
         cluster.wait_for_nodes(1 + len(nodes), timeout)
     except BaseException:
         cluster.stop()

@@ -16,6 +16,7 @@ import ray
 from ray.util.state import list_actors
 
 from nlray.config import ConfigError, load_config
+from nlray.train.checkpoint import stored_checkpoints
 from nlray.train.trainer import NoDataError, fit, require_usable_videos
 from tiny import TINY
 
@@ -157,3 +158,12 @@ def test_a_long_clip_preset_will_not_train_from_random_weights_by_accident(env):
     with pytest.raises(ConfigError, match="--init-from"):
         fit(config(env, "name=random-long", preset="demo_128f"))
     assert runs_named(env["uri"], "random-long") == []
+
+
+def test_a_restart_looks_in_the_run_folder_newest_step_first_a_refolded_step_before_its_original(tmp_path):
+    cfg = load_config("demo", ["name=r", f"train.storage_path={tmp_path}"])
+    for name in ("step_00000004", "step_00000008", "step_00000008_from00000004", "step_00000012.tmp", "notes"):
+        (tmp_path / "r" / name).mkdir(parents=True)
+    assert [Path(c.path).name for c in stored_checkpoints(cfg)] == [
+        "step_00000008_from00000004", "step_00000008", "step_00000004"]
+    assert stored_checkpoints(load_config("demo", ["name=none", f"train.storage_path={tmp_path}"])) == []

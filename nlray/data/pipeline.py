@@ -44,6 +44,7 @@ from typing import Any, Optional
 
 import pandas as pd
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from nlray.data.clips import ClipDecoder, EvalClipDecoder
 from nlray.data.manifest_rows import ManifestRows
@@ -89,8 +90,14 @@ def bad_video_log_name(run_name: str, split: str) -> str:
 
 
 def bad_video_log(name: str) -> Any:
-    """The named BadVideoLog actor, created if it does not exist yet (call on the driver)."""
-    handle = ray.remote(num_cpus=0)(BadVideoLog).options(name=name, get_if_exists=True).remote()
+    """The named BadVideoLog actor, created if it does not exist yet (call on the driver).
+
+    It lives on the driver's node, which the job cannot outlive: on any other node, losing that node would
+    lose the counts and fail every later read of them.
+    """
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    handle = ray.remote(num_cpus=0)(BadVideoLog).options(name=name, get_if_exists=True,
+                                                         scheduling_strategy=here).remote()
     _LOG_HANDLES[name] = handle
     return handle
 

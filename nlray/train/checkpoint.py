@@ -22,7 +22,7 @@ import ray.train
 import torch
 
 from nlray.config import Config, from_yaml, to_yaml
-from nlray.data.storage import MissingObjectError, join, read_bytes
+from nlray.data.storage import MissingObjectError, join, pyarrow_filesystem, read_bytes
 from nlray.secrets import redact
 from nlray.tracking import Run
 
@@ -53,11 +53,38 @@ def load(dirpath: str | Path) -> dict[str, Any]:
             "meta": json.loads((d / "meta.json").read_text()) if (d / "meta.json").is_file() else {}}
 
 
-def load_latest_good(ckpt: "ray.train.Checkpoint") -> tuple[dict[str, Any], list[str]]:
-    """(state, skipped): ``ckpt`` loaded, or else the newest earlier ``step_*`` checkpoint beside it that
-    loads; ``skipped`` names each that did not (cut short, a file missing) and why."""
+def storage(cfg: Config) -> tuple[str, Optional[pyarrow.fs.FileSystem]]:
+    """RunConfig storage: (path, pyarrow filesystem or None). S3 goes through our configured filesystem
+    because Ray's own s3:// resolution ignores a custom endpoint."""
+    path = cfg.train.storage_path
+    if path.startswith("s3://"):
+        fs, fs_path = pyarrow_filesystem(path, endpoint_url=cfg.data.s3_endpoint_url)
+        return fs_path, fs
+    return str(Path(path.removeprefix("file://")).expanduser().resolve()), None
+
+
+def stored_checkpoints(cfg: Config) -> list["ray.train.Checkpoint"]:
+    """The ``step_*`` checkpoints in this run's folder (``<storage>/<name>``), newest first.
+
+    Ray Train hands a restarted worker group the checkpoint its controller registered last; one a worker
+    uploaded just before its node was lost may never have been registered, yet it is whole on storage.
+    """
+    root, fs = storage(cfg)
+    fs = fs or pyarrow.fs.LocalFileSystem()
+    folder = posixpath.join(root, cfg.name)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+    found = [(int(m.group(1)), bool(m.group(2)), i.base_name) for i in infos
+             if i.type == pyarrow.fs.FileType.Directory and (m := STEP_DIR.match(i.base_name))]
+    # newest step first; of two folders for one step, the _from one was written after the other
+    return [ray.train.Checkpoint(path=posixpath.join(folder, name), filesystem=fs)
+            for _, _, name in sorted(found, reverse=True)]
+
+
+def load_latest_good(candidates: list["ray.train.Checkpoint"]) -> tuple[dict[str, Any], list[str]]:
+    """(state, skipped): the first of ``candidates`` (newest first) that loads; ``skipped`` names each
+    before it that did not (cut short, a file missing) and why."""
     skipped = []
-    for candidate in [ckpt, *earlier_checkpoints(ckpt)]:
+    for candidate in candidates:
         try:
             with candidate.as_directory() as d:
                 state = load(d)
@@ -67,19 +94,6 @@ def load_latest_good(ckpt: "ray.train.Checkpoint") -> tuple[dict[str, Any], list
         except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
             skipped.append(f"{candidate.path}: {type(e).__name__}: {str(e)[:200]}")
     raise RuntimeError(f"no checkpoint of this run loads: {skipped}")
-
-
-def earlier_checkpoints(ckpt: "ray.train.Checkpoint") -> list["ray.train.Checkpoint"]:
-    """The ``step_*`` checkpoints in the same folder as ``ckpt`` with smaller steps, newest first."""
-    parent, name = posixpath.split(ckpt.path.rstrip("/"))
-    current = STEP_DIR.match(name)
-    if current is None:
-        return []
-    infos = ckpt.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
-    steps = {i.base_name: int(m.group(1)) for i in infos
-             if i.type == pyarrow.fs.FileType.Directory and (m := STEP_DIR.match(i.base_name))}
-    names = sorted((n for n, s in steps.items() if s < int(current.group(1))), key=steps.get, reverse=True)
-    return [ray.train.Checkpoint(path=posixpath.join(parent, n), filesystem=ckpt.filesystem) for n in names]
 
 
 def _load_bytes(data: bytes, what: str) -> dict:

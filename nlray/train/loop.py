@@ -39,8 +39,10 @@ def build_worker_model(cfg: Config) -> nn.Module:
 
 
 def pick_video_label(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """collate_fn: uint8 clips travel as they are (4x less than float); labels as int64."""
-    return {"video": torch.as_tensor(batch["video"]), "label": torch.as_tensor(batch["label"], dtype=torch.int64)}
+    """collate_fn: uint8 clips travel as they are (4x less than float); labels as int64; the manifest row of
+    each clip (``video_idx``) for the epoch's audit."""
+    return {"video": torch.as_tensor(batch["video"]), "label": torch.as_tensor(batch["label"], dtype=torch.int64),
+            "video_idx": torch.as_tensor(batch["video_idx"], dtype=torch.int64)}
 
 
 def synced_batches(batches, device: torch.device) -> Iterator[tuple[dict, float]]:
@@ -94,14 +96,18 @@ class Meter:
                 "train/data_wait_share": waited / world / max(elapsed, 1e-9)}
 
 
-def restore(model: nn.Module, init_ref) -> tuple[Optional[dict], int, int, list[str]]:
-    """Load the latest Ray Train checkpoint that loads (resume) or else the driver's initial weights.
+def restore(model: nn.Module, cfg: Config, init_ref) -> tuple[Optional[dict], int, int, list[str]]:
+    """Load the newest checkpoint of this run that loads (resume) or else the driver's initial weights.
 
+    The run's folder is looked at as well as the checkpoint Ray Train registered: a node lost right after
+    an upload leaves a whole checkpoint that the controller never heard of.
     Returns (optimizer state or None, step, epoch, checkpoints skipped because they did not load).
     """
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        state, skipped = checkpoint.load_latest_good(ckpt)
+    reported, stored = ray.train.get_checkpoint(), checkpoint.stored_checkpoints(cfg)
+    if reported is not None and reported.path not in {c.path for c in stored}:
+        stored = [reported, *stored]  # a storage outside the run folder: trust the controller first
+    if stored:
+        state, skipped = checkpoint.load_latest_good(stored)
         model.load_state_dict(state["model"])
         return state["optimizer"], int(state["meta"]["step"]), int(state["meta"].get("epoch", 0)), skipped
     if init_ref is not None:
@@ -121,6 +127,21 @@ def save_and_report(model: nn.Module, optimizer, *, cfg: Config, meta: dict, met
         checkpoint.save(d, model_state=bare.state_dict(), optimizer_state=optimizer.state_dict(),
                         meta=meta, cfg=cfg)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
+
+
+def epoch_audit(seen: list[torch.Tensor], device: torch.device) -> dict[str, float]:
+    """Clips of one whole epoch over all workers, and how many of them were a training row seen before in it
+    (a collective: every rank calls it). Each row of the repeated training frame is one clip per epoch
+    (``train_frame``), so ``data/epoch_duplicates`` must stay 0, a decoder restarted mid-epoch included;
+    ``data/epoch_clips`` is the rows that decoded, less each worker's last partial batch."""
+    idx = torch.cat(seen) if seen else torch.zeros(0, dtype=torch.int64)  # (clips,) training rows
+    size = torch.tensor([int(idx.max()) + 1 if len(idx) else 0], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(size, op=dist.ReduceOp.MAX)
+    counts = torch.bincount(idx, minlength=int(size.item())).to(device)  # (rows,)
+    if dist.is_initialized():
+        dist.all_reduce(counts)
+    return {"data/epoch_clips": float(counts.sum()), "data/epoch_duplicates": float((counts - 1).clamp(min=0).sum())}
 
 
 def bad_video_metrics(cfg: Config) -> dict[str, float]:
@@ -177,7 +198,7 @@ def setup(config: dict) -> tuple[Loop, int, int]:
     tcfg, rank = cfg.train, ray.train.get_context().get_world_rank()
     torch.manual_seed(tcfg.seed + rank)
     model = build_worker_model(cfg)
-    opt_state, step, epoch, skipped = restore(model, config["init_ref"])
+    opt_state, step, epoch, skipped = restore(model, cfg, config["init_ref"])
     if tcfg.freeze_bn:
         model = freeze_batchnorm(model)
     model = ray.train.torch.prepare_model(model)
@@ -210,11 +231,12 @@ def note_start(run: Run, step: int, skipped: list[str]) -> int:
 
 def train_epoch(loop: Loop, shard, step: int, epoch: int, last_saved: int) -> tuple[int, int, int]:
     """One pass over this worker's shard: (step, batches seen, last step saved)."""
-    tcfg, batches = loop.cfg.train, 0
+    tcfg, batches, seen = loop.cfg.train, 0, []
     it = shard.iter_torch_batches(batch_size=loop.cfg.data.batch_size, collate_fn=pick_video_label,
                                   drop_last=True, prefetch_batches=2)
     for batch, waited in synced_batches(it, loop.device):
         batches += 1
+        seen.append(batch["video_idx"])
         if not micro_step(loop, batch, waited):
             continue
         step += 1
@@ -225,7 +247,10 @@ def train_epoch(loop: Loop, shard, step: int, epoch: int, last_saved: int) -> tu
             save(loop, step, epoch)
             last_saved = step
         if step >= tcfg.steps:
-            break
+            return step, batches, last_saved  # a partial epoch: no audit
+    audit = epoch_audit(seen, loop.device)
+    if ray.train.get_context().get_world_rank() == 0 and step > loop.logged_upto and batches:
+        loop.run.log_metrics(audit, step)
     return step, batches, last_saved
 
 

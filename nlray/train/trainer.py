@@ -19,7 +19,6 @@ from nlray.data import resolve_dataset
 from nlray.data.pipeline import (bad_video_counts, bad_video_list, bad_video_log_name, build_train_dataset,
                                  has_split)
 from nlray.data import storage
-from nlray.data.storage import pyarrow_filesystem
 from nlray.data.synthetic import SPECS, ensure_dataset_at
 from nlray.models import build_model
 from nlray.secrets import redact
@@ -38,16 +37,6 @@ def resolve_classes(cfg: Config, labels: list[str]) -> Config:
         raise ConfigError(f"model.num_classes={cfg.model.num_classes} but the dataset's label map has "
                           f"{len(labels)} classes; set model.num_classes=0 to take it from the data")
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(labels)))
-
-
-def checkpoint_storage(cfg: Config) -> tuple[str, object]:
-    """RunConfig storage: (path, pyarrow filesystem or None). S3 goes through our configured filesystem
-    because Ray's own s3:// resolution ignores a custom endpoint."""
-    path = cfg.train.storage_path
-    if path.startswith("s3://"):
-        fs, fs_path = pyarrow_filesystem(path, endpoint_url=cfg.data.s3_endpoint_url)
-        return fs_path, fs
-    return str(Path(path.removeprefix("file://")).expanduser().resolve()), None
 
 
 def worker_resources(cfg: Config) -> dict[str, float]:
@@ -69,7 +58,7 @@ def place_synthetic_set(cfg: Config) -> Config:
 
 
 def make_trainer(cfg: Config, labels: list[str], run: Run, init_ref, train_ds) -> TorchTrainer:
-    path, fs = checkpoint_storage(cfg)
+    path, fs = checkpoint.storage(cfg)
     tcfg = cfg.train
     return TorchTrainer(
         train_func,
