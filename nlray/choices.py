@@ -16,7 +16,8 @@ SUBSAMPLE_WHERE = ("after", "before")  # paper: pool phi/g outputs | Caffe2: poo
 POOL_VARIANTS = ("paper", "caffe2")  # pool1 3x3x3 / pool2 3x1x1 | 2x3x3 / 2x1x1
 TEMPORAL_PADDING = ("zeros", "replicate")
 DECODE_BACKENDS = ("pyav", "decord")
-SYNTHETIC_SETS = ("demo", "tiny")  # nlray.data.synthetic DEMO_SPEC | TINY_SPEC
+SYNTHETIC_SETS = ("demo", "tiny", "longrange")  # nlray.data.synthetic SPECS: DEMO_SPEC | TINY_SPEC | long-range relation
+TEST_HEADS = ("pool", "conv")  # average the res5 map then classify | released code's fully convolutional test
 BAD_VIDEO_REASONS = ("missing", "empty", "truncated", "undecodable", "unreachable", "timeout")
 
 

@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 from omegaconf import OmegaConf
@@ -50,6 +50,11 @@ class ModelConfig:
     nl_subsample_where: str = "after"  # after (paper: pool phi/g outputs) | before (Caffe2: pool x)
     nl_softmax_scale: bool = False  # Caffe2's (C/2)^-0.5 on theta^T phi; the paper uses none
     nl_temporal_groups: int = 1  # >1: res3 non-local within groups of T/groups frames (Caffe2 128f)
+    nl_init_std: float = 0.0  # 0: He init of theta/phi/g/W_z (paper text); >0: N(0, std) (released code: 0.01)
+    zero_init_residual: bool = False  # last BN gamma of each residual block at 0 (released code: true)
+    fc_init_std: float = 0.0  # 0: PyTorch's Linear init; >0: classifier N(0, std), zero bias (released: 0.01)
+    test_head: str = "pool"  # pool (average the res5 map, classify) | conv (released code: classifier per
+    #   position of a 7x7 stride-1 average pool over res5, softmax per position, averaged)
     pool_variant: str = "paper"  # paper (pool1 3x3x3, pool2 3x1x1) | caffe2 (2x3x3, 2x1x1)
     temporal_padding: str = "zeros"  # zeros (paper, Caffe2) | replicate (border frames repeated)
     dropout: float = 0.5  # before the classifier
@@ -82,6 +87,8 @@ class DataConfig:
     decode_batch: int = 4  # videos per map_batches call
     shuffle_seed: Optional[int] = None  # None: a new order every epoch
     repeat: int = 1  # passes over the train split per Ray Data epoch (small sets: amortise pipeline start-up)
+    flip: bool = True  # mirror training clips left-right with probability 1/2
+    flip_label_map: List[List[str]] = field(default_factory=list)  # [[a, b], ...]: a mirrored a-clip is a b-clip
 
 
 @dataclass
@@ -108,6 +115,10 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps
     keep_checkpoints: int = 3
     log_every: int = 20
+    precise_bn_batches: int = 0  # >0: recompute BN statistics over this many batches per worker (averaged
+    #   over workers) before the final checkpoint and evaluation (released code and PySlowFast: 200)
+    scale_schedule: bool = False  # true: steps and lr milestones are for a global batch of base_batch clips and
+    #   scale by base_batch / actual global batch, so a run on fewer workers sees the paper's epochs
     val_num_clips: int = 0  # clips per video of the validation after training; 0 = data.eval_num_clips
     val_num_crops: int = 0  # 0 = data.eval_num_crops
     storage_path: str = "~/nlray_results"  # Ray Train checkpoints: local, NFS or s3://
@@ -120,6 +131,8 @@ class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"  # MLflow tracking URI (a server URL in production)
     experiment: str = "nlray"
     registered_model_name: str = ""  # register the final model under this name when set
+    parent_run: str = ""  # MLflow run id: this run is its child (jobs/ablate.py: one parent per table)
+    tags: Dict[str, str] = field(default_factory=dict)  # extra MLflow tags (ablation row and seed)
 
 
 @dataclass
@@ -156,6 +169,7 @@ CHOICES = {
     "model.temporal_padding": choices.TEMPORAL_PADDING,
     "data.backend": choices.DECODE_BACKENDS,
     "data.synthetic": choices.SYNTHETIC_SETS,
+    "model.test_head": choices.TEST_HEADS,
 }
 # Cluster-wide defaults from the environment (set once on a cluster's nodes by cluster/*.yaml): they
 # override a preset's value; command-line overrides override them.
@@ -170,7 +184,8 @@ POSITIVE = ("data.frames", "data.frame_stride", "data.crop_size", "data.eval_sho
             "train.lr_gamma")
 NON_NEGATIVE = ("data.decode_actors_max", "data.decode_cpus", "train.cpus_per_worker", "train.warmup_steps",
                 "train.global_batch", "train.weight_decay", "train.val_num_clips", "train.val_num_crops",
-                "train.seed", "cluster.num_cpus")  # numpy refuses negative seeds; 0 CPUs is Ray's "none"
+                "train.seed", "cluster.num_cpus", "train.precise_bn_batches", "model.nl_init_std",
+                "model.fc_init_std")  # numpy refuses negative seeds; 0 CPUs is Ray's "none"
 # A run name is a folder (Ray Train storage), an MLflow tag inside a quoted search filter, a Ray Data name.
 NAME_PATTERN = re.compile(r"\w[\w.-]{0,127}")
 
@@ -259,10 +274,15 @@ def _allowed_keys(full_key: str) -> str:
 
 
 def load_config(preset: str = "demo", overrides: Optional[list[str]] = None) -> Config:
-    """Defaults <- preset's base <- preset <- dotted overrides (``train.steps=10``), validated."""
+    """Defaults <- preset's base <- preset <- dotted overrides (``train.steps=10``), validated.
+
+    ``preset`` may be several, comma-separated: each later one an overlay on the ones before
+    (``nl_i3d_r50_32f,caffe2``: the preset with the released code's settings).
+    """
     cfg = OmegaConf.structured(Config)
-    for layer in _preset_layers(preset):
-        cfg = _merge(cfg, layer, f"preset {preset!r}")
+    for name in preset.split(","):
+        for layer in _preset_layers(name.strip()):
+            cfg = _merge(cfg, layer, f"preset {name.strip()!r}")
     cfg = _merge(cfg, env_layer(), "environment")
     return _overridden(cfg, overrides or [])
 
@@ -354,6 +374,9 @@ def validate(cfg: Config) -> None:
                           f">= data.decode_actors={cfg.data.decode_actors}")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout={cfg.model.dropout!r} must be in [0, 1)")
+    for pair in cfg.data.flip_label_map:
+        if len(pair) != 2 or pair[0] == pair[1]:
+            raise ConfigError(f"data.flip_label_map entry {pair!r} must be two different label names [a, b]")
     if cfg.train.global_batch and cfg.train.global_batch % (cfg.train.num_workers * cfg.data.batch_size):
         raise ConfigError(f"train.global_batch={cfg.train.global_batch} must be a multiple of "
                           f"train.num_workers x data.batch_size = "

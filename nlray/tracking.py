@@ -145,7 +145,10 @@ def start_or_resume_run(cfg: Config, labels: list[str], extra_params: dict | Non
     uri = resolve_uri(cfg.tracking.uri)
     exp = _client(uri).get_experiment_by_name(cfg.tracking.experiment)
     exp_id = exp.experiment_id if exp else _client(uri).create_experiment(cfg.tracking.experiment)
-    tags = {NAME_TAG: cfg.name, **{k: redact(str(get(cfg, v))) for k, v in KEY_SETTINGS.items()}}
+    tags = {NAME_TAG: cfg.name, **{k: redact(str(get(cfg, v))) for k, v in KEY_SETTINGS.items()},
+            **{k: redact(str(v)) for k, v in cfg.tracking.tags.items()}}
+    if cfg.tracking.parent_run:  # a child run: the MLflow UI nests it under its parent
+        tags["mlflow.parentRunId"] = cfg.tracking.parent_run
     run = Run(_client(uri).create_run(exp_id, run_name=cfg.name, tags=tags).info.run_id, uri)
     run.log_params({**flatten(cfg), **versions(), "num_classes": len(labels), **(extra_params or {})})
     run.log_text(to_yaml(cfg), "config.yaml")
