@@ -24,3 +24,11 @@ def test_video_level_averages_softmax_over_views_clip_level_scores_each_view():
 def test_no_scored_video_is_an_error_not_a_zero():
     with pytest.raises(RuntimeError, match="no video"):
         VideoScores(3).metrics()
+
+
+def test_over_the_whole_split_a_video_that_did_not_decode_counts_as_wrong():
+    s = VideoScores(num_classes=3, total_videos=4)  # 4 videos in the split, 2 decoded: one right, one wrong
+    s.add(np.array([0, 1]), np.array([0, 1]), np.array([[0.8, 0.1, 0.1], [0.8, 0.1, 0.1]]))
+    m = s.metrics()
+    assert m["video_top1"] == pytest.approx(1 / 4) and m["video_top1_decoded"] == pytest.approx(1 / 2)
+    assert (m["videos"], m["videos_total"], m["videos_not_decoded"]) == (2, 4, 2)

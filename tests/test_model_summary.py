@@ -29,7 +29,8 @@ def macs_by_hand(preset: str, *overrides: str) -> int:
 
     def nonlocal_(m, inp, _out):
         c, t, h, w = inp[0].shape[1:]
-        n, n_prime, ci = t * h * w, t * ((h + 1) // 2) * ((w + 1) // 2), c // 2
+        n, ci = t * h * w, c // 2
+        n_prime = t if m.mode == "time" else t * ((h + 1) // 2) * ((w + 1) // 2)  # keys per query
         total.append(4 * n * c * ci)  # θ, φ, g (before pooling) and W_z: 1x1x1 convs on N positions
         total.append(2 * n * n_prime * ci)  # θᵀφ and the weighted sum of g
 
@@ -47,7 +48,8 @@ def macs_by_hand(preset: str, *overrides: str) -> int:
 
 
 @pytest.mark.parametrize("preset, overrides", [("nl_i3d_r50_32f", ()), ("c2d_r101_32f", ()),
-                                               ("i3d3x3x3_r50_32f", ()), ("demo", ())])
+                                               ("i3d3x3x3_r50_32f", ()), ("demo", ()),
+                                               ("nl_c2d_r50_32f", ("model.nl_mode=time",))])
 def test_multiply_adds_match_a_count_by_hand(preset, overrides):
     s = summarize_config(preset, list(overrides))
     assert s.macs == macs_by_hand(preset, *overrides)
@@ -73,6 +75,8 @@ def test_nonlocal_positions_at_128_frames():
     assert grouped.nonlocal_sites[2].sequences == 1  # only res3 is grouped
     space = summarize_config("nl_c2d_r50_32f", ["model.nl_mode=space"]).nonlocal_sites[0]
     assert (space.sequences, space.n, space.n_prime) == (4, 784, 196)
+    time = summarize_config("nl_c2d_r50_32f", ["model.nl_mode=time"]).nonlocal_sites[0]
+    assert (time.sequences, time.n, time.n_prime) == (784, 4, 4)  # time mode: no subsampling
     assert s.stage_outputs["res3"] == (512, 16, 28, 28)
     assert "res3[1]" in format_summary(s) and "12544" in format_summary(s)
 

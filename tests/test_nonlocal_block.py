@@ -1,9 +1,12 @@
 """nlray.models.nonlocal_block: every instantiation x mode x subsampling against the plain formula
-(outputs and gradients, float64), the identity at initialisation, temporal groups, bad arguments."""
+(outputs and gradients, float64), the identity at initialisation, the released code's N(0, 0.01) init,
+time mode without subsampling, temporal groups, bad arguments."""
 import itertools
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nlray.models.nonlocal_block import INSTANTIATIONS, MODES, NonLocalBlock, nonlocal_core
@@ -166,3 +169,64 @@ def test_softmax_instantiations_run_on_the_fused_kernel(instantiation, mode, bat
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):  # raises if the fused kernel cannot take the inputs
         block(x).square().sum().backward()
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_time_mode_does_not_subsample(where):
+    """Each location's keys are its own T frames: the plain formula on unpooled θ, φ, g, whatever subsample says."""
+    torch.manual_seed(6)
+    block = randomise_bn(NonLocalBlock(8, mode="time", subsample=True, subsample_where=where).double())
+    x = torch.randn(2, 8, 3, 5, 6, dtype=torch.float64)
+    theta, phi, g = (F.conv3d(x, conv.weight, conv.bias) for conv in (block.theta, block.phi, block.g))
+    y = reference_core(theta, phi, g, instantiation="embedded_gaussian", mode="time")  # [2, 4, 3, 5, 6]
+    want = x + block.bn(F.conv3d(y, block.out.weight))
+    torch.testing.assert_close(block(x), want, rtol=1e-10, atol=1e-10)
+    assert not block.subsample and "subsample=False" in repr(block)
+
+
+def test_time_mode_refuses_subsampled_keys():
+    theta = torch.randn(1, 4, 3, 6, 6)
+    pooled = torch.randn(1, 4, 3, 3, 3)
+    with pytest.raises(ValueError, match=r"mode='time'.*\(3, 3, 3\).*\(3, 6, 6\)"):
+        nonlocal_core(theta, pooled, pooled, instantiation="embedded_gaussian", mode="time")
+
+
+def test_init_std_draws_the_released_codes_small_gaussians():
+    torch.manual_seed(7)
+    block = NonLocalBlock(512, init_std=0.01)
+    for conv in (block.theta, block.phi, block.g, block.out):
+        assert conv.weight.std().item() == pytest.approx(0.01, rel=0.02)
+        assert abs(conv.weight.mean().item()) < 1e-3
+        assert conv.bias is None or torch.all(conv.bias == 0)
+    assert torch.all(block.bn.weight == 0) and torch.all(block.bn.bias == 0)  # still the identity
+    x = torch.randn(1, 512, 2, 4, 4)
+    assert torch.equal(block(x), x)
+    assert "init_std=0.01" in repr(block)
+    with pytest.raises(ValueError, match=r"init_std=-0.01 must be >= 0"):
+        NonLocalBlock(8, init_std=-0.01)
+
+
+def attention_at_init(*, init_std: float, softmax_scale: bool) -> tuple[float, float, int]:
+    """A res4 block (C=1024, 4x14x14: 784 queries, 196 keys) on relu(N(0, 1)): the mean over queries
+    of the largest softmax weight, the mean entropy, and the number of keys. Written out from θ, φ."""
+    torch.manual_seed(0)
+    block = NonLocalBlock(1024, init_std=init_std, softmax_scale=softmax_scale)
+    x = torch.relu(torch.randn(1, 1024, 4, 14, 14))
+    with torch.no_grad():
+        q = F.conv3d(x, block.theta.weight, block.theta.bias).flatten(2)[0].T  # [784, 512]
+        phi = F.max_pool3d(F.conv3d(x, block.phi.weight, block.phi.bias), (1, 2, 2))  # [1, 512, 4, 7, 7]
+        k = phi.flatten(2)[0].T  # [196, 512]
+        scale = 512 ** -0.5 if softmax_scale else 1.0
+        p = torch.softmax(scale * q @ k.T, dim=-1)  # [784, 196]
+    entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)  # [784]
+    return p.max(-1).values.mean().item(), entropy.mean().item(), p.shape[1]
+
+
+def test_he_init_gives_peaked_attention_the_released_init_a_uniform_one():
+    """Measured: He, no scale: mean largest weight 0.93, entropy 0.18 of log 196 = 5.278 (each query sees
+    about one key); N(0, 0.01) and the (C/2)^-0.5 scale: 0.0055 (1/196 = 0.0051), entropy 5.2777."""
+    top, entropy, keys = attention_at_init(init_std=0.0, softmax_scale=False)
+    assert keys == 196
+    assert top > 0.5 and entropy < 0.25 * math.log(keys)
+    top, entropy, keys = attention_at_init(init_std=0.01, softmax_scale=True)
+    assert top < 2 / keys and entropy > 0.95 * math.log(keys)

@@ -41,3 +41,17 @@ def test_bn_parameters_can_skip_weight_decay():
     t = load_config("nl_i3d_r50_32f", ["train.nesterov=true"]).train
     opt = build_optimizer(model, t, 0.01)
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+
+
+def test_the_schedule_scales_to_the_papers_epochs_on_fewer_workers_only_when_asked():
+    from nlray.config import load_config
+    from nlray.train.optim import scaled_schedule
+    t = load_config("nl_i3d_r50_32f", ["train.num_workers=2", "data.batch_size=8"]).train  # 16 clips a step
+    same, params = scaled_schedule(t, 8)
+    assert (same.steps, same.lr_milestones) == (400_000, [150_000, 300_000]) and params["actual.lr"] == 0.0025
+    t.scale_schedule = True
+    run, params = scaled_schedule(t, 8)  # the paper's 64 clips a step, 4x fewer a step here: 4x the steps
+    assert (run.steps, run.lr_milestones) == (1_600_000, [600_000, 1_200_000])
+    assert params["paper.global_batch"] == 64 and params["actual.global_batch"] == 16
+    assert params["paper.steps"] == 400_000 and params["actual.steps"] == 1_600_000
+    assert run.steps * 16 == t.steps * 64  # the same clips seen

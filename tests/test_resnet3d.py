@@ -1,5 +1,6 @@
 """nlray.models.resnet3d / build_model: PAPER.md Table 1 sizes, parameter counts, I3D masks, non-local
-placements, frame-count-free weights, activation checkpointing and frozen BN."""
+placements, frame-count-free weights, activation checkpointing and frozen BN; the released code's pools,
+inits and fully convolutional test head."""
 import dataclasses
 
 import pytest
@@ -37,9 +38,19 @@ def n_params(model: nn.Module) -> int:
 
 @pytest.mark.parametrize("preset, overrides", [
     ("c2d_r50_32f", ()), ("i3d_r50_32f", ()), ("i3d3x3x3_r50_32f", ()), ("nl_i3d_r50_32f", ()),
-    ("nl_i3d_r50_32f", ("model.pool_variant=caffe2",)), ("c2d_r101_32f", ())])
+    ("c2d_r101_32f", ())])
 def test_stage_outputs_match_table_1(preset, overrides):
     assert stage_shapes(meta_model(preset, *overrides), (32, 224, 224)) == TABLE_1
+
+
+def test_caffe2_pools_leave_res2_at_55_as_the_released_code():
+    """resnet_video_org.py: pool1 2x3x3 stride 2 without padding, 112 -> 55; res3 on is Table 1's again."""
+    shapes = stage_shapes(meta_model("nl_i3d_r50_32f,caffe2"), (32, 224, 224))
+    assert shapes["pool1"] == (64, 8, 55, 55) and shapes["layer1"] == (256, 8, 55, 55)
+    assert shapes["pool2"] == (256, 4, 55, 55)
+    assert {k: shapes[k] for k in ("conv1", "layer2", "layer3", "layer4")} == {
+        k: TABLE_1[k] for k in ("conv1", "layer2", "layer3", "layer4")}
+    assert stage_shapes(meta_model("nl_i3d_r50_32f"), (32, 224, 224))["layer1"] == (256, 8, 56, 56)  # paper
 
 
 def test_128_frames_keep_16_frames_at_res3_as_the_paper_says():
@@ -113,6 +124,10 @@ def test_unknown_options_name_the_allowed_values():
         c2d_resnet(nonlocal_blocks=3, width=8)
     with pytest.raises(ValueError, match="num_classes=0"):
         build_model(ModelConfig(), num_classes=0)
+    with pytest.raises(ValueError, match="test_head='fc'.*pool.*conv"):
+        c2d_resnet(test_head="fc", width=8)
+    with pytest.raises(ValueError, match=r"fc_init_std=-0.1 must be >= 0"):
+        c2d_resnet(fc_init_std=-0.1, width=8)
 
 
 def small(**kwargs) -> ResNet3D:
@@ -210,3 +225,96 @@ def test_builders_make_the_three_architectures():
         model = builder(width=8, stage_depths=(1, 1, 1, 1), num_classes=3)
         assert model.conv1.kernel_size == (conv1_t, 7, 7) and model.conv1.stride == (2, 2, 2)
         assert model.eval()(torch.randn(1, 3, 8, 32, 32)).shape == (1, 3)
+
+
+def test_paper_presets_and_the_caffe2_overlay_reach_the_model():
+    nl = meta_model("nl_i3d_r50_32f")
+    block = nl.layer3.nl_blocks["1"]
+    assert nl.test_head == "conv" and block.init_std == 0.01 and block.scale == pytest.approx(512 ** -0.5)
+    assert meta_model("c2d_r50_32f").test_head == "conv" and meta_model("nl_i3d_r50_128f").test_head == "conv"
+    demo = build_model(load_config("demo").model, num_classes=6)
+    assert demo.test_head == "pool" and demo.layer2.nl_blocks["0"].init_std == 0.01
+    caffe2 = build_model(load_config("demo,caffe2").model, num_classes=6)
+    assert caffe2.pool1.padding == (0, 0, 0) and caffe2.pool1.kernel_size == (2, 3, 3)
+    assert caffe2.layer2.nl_blocks["0"].subsample_where == "before"
+    assert all(torch.all(b.bn3.weight == 0) for st in caffe2.stages() for b in st.blocks)
+    assert torch.all(caffe2.fc.bias == 0) and caffe2.fc.weight.std().item() < 0.02
+
+
+def test_zero_init_residual_starts_every_residual_block_at_its_shortcut():
+    """Caffe2's BN_INIT_GAMMA 0: with the last BN's gamma at 0 a residual block is relu(shortcut(x))."""
+    torch.manual_seed(4)
+    model = small(zero_init_residual=True).eval()
+    blocks = [b for stage in model.stages() for b in stage.blocks]
+    assert [b.downsample is None for b in blocks] == [False, False, True, False, False]
+    for block in blocks:
+        assert torch.all(block.bn3.weight == 0) and torch.all(block.bn1.weight == 1)
+        x = torch.relu(torch.randn(1, block.conv1.in_channels, 2, 8, 8))
+        shortcut = x if block.downsample is None else block.downsample(x)
+        torch.testing.assert_close(block(x), torch.relu(shortcut))
+    assert all(torch.all(b.bn3.weight == 1) for st in small().stages() for b in st.blocks)  # default: off
+
+
+def test_fc_init_std_draws_the_classifier_from_a_small_gaussian():
+    torch.manual_seed(5)
+    model = i3d_resnet(width=8, stage_depths=(1, 1, 1, 1), num_classes=400, fc_init_std=0.01)
+    assert model.fc.weight.shape == (400, 256)
+    assert model.fc.weight.std().item() == pytest.approx(0.01, rel=0.02) and torch.all(model.fc.bias == 0)
+    default = i3d_resnet(width=8, stage_depths=(1, 1, 1, 1), num_classes=400).fc
+    assert not torch.all(default.bias == 0)  # nn.Linear's own init: uniform(±1/sqrt(256))
+    assert default.weight.abs().max().item() <= 256 ** -0.5
+
+
+def conv_head_model() -> ResNet3D:
+    torch.manual_seed(6)
+    return small(test_head="conv", dropout=0.0, num_classes=5).double().eval()
+
+
+def head_output(model: ResNet3D, features: torch.Tensor) -> torch.Tensor:
+    """The model's output when its backbone yields ``features`` (a res5 map of the size a test needs)."""
+    model.forward_features = lambda _clip: features  # instance attribute: shadows the method
+    with torch.no_grad():
+        return model(torch.empty(0))
+
+
+def softmax_of_fc(model: ResNet3D, pooled: torch.Tensor) -> torch.Tensor:
+    """[B, C] -> [B, classes]: the classifier and its softmax, written out."""
+    return torch.softmax(pooled @ model.fc.weight.T + model.fc.bias, dim=-1)
+
+
+@pytest.mark.parametrize("size", [7, 2])
+def test_conv_head_on_a_map_no_larger_than_the_window_is_softmax_of_fc_of_the_mean(size):
+    """One pooled position (a 7x7 res5, or the demo's 2x2 with the window clamped): the pool head's softmax."""
+    model = conv_head_model()
+    features = torch.randn(2, 128, 2, size, size, dtype=torch.float64)  # res5 of small(): 32·4 channels
+    out = head_output(model, features)
+    want = softmax_of_fc(model, features.mean(dim=(2, 3, 4)))
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(torch.softmax(out, dim=-1), want)
+    torch.testing.assert_close(out.exp().sum(-1), torch.ones(2, dtype=torch.float64))  # log-probabilities
+
+
+def test_conv_head_on_9x9_averages_the_softmax_over_3x3_windows():
+    model = conv_head_model()
+    features = torch.randn(2, 128, 2, 9, 9, dtype=torch.float64)
+    windows = [features[..., i:i + 7, j:j + 7].mean(dim=(2, 3, 4)) for i in range(3) for j in range(3)]
+    want = torch.stack([softmax_of_fc(model, w) for w in windows]).mean(0)  # [2, 5]
+    torch.testing.assert_close(torch.softmax(head_output(model, features), dim=-1), want)
+    assert not torch.allclose(want, softmax_of_fc(model, features.mean(dim=(2, 3, 4))))  # the heads differ here
+
+
+def test_conv_head_is_for_evaluation_only_training_keeps_the_pooled_logits():
+    model = conv_head_model()
+    features = torch.randn(2, 128, 2, 9, 9, dtype=torch.float64)
+    want = features.mean(dim=(2, 3, 4)) @ model.fc.weight.T + model.fc.bias  # global average, fc
+    pool = small(dropout=0.0, num_classes=5).double().eval()  # test_head="pool", the default
+    pool.load_state_dict(model.state_dict())
+    torch.testing.assert_close(head_output(model.train(), features), want)  # dropout 0
+    torch.testing.assert_close(head_output(pool, features), want)
+
+
+def test_conv_head_model_runs_end_to_end_on_a_clip():
+    model = conv_head_model().float()
+    out = model(torch.randn(1, 3, 8, 64, 64))  # res5 2x2
+    assert out.shape == (1, 5) and (out <= 0).all()  # log-probabilities
+    torch.testing.assert_close(out.exp().sum(), torch.tensor(1.0))

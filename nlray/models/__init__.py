@@ -10,6 +10,9 @@ pretrained ImageNet weights are inflated in by ``nlray.train.weights`` on the dr
     >>> model(torch.zeros(1, 3, 16, 64, 64)).shape          # (B, C, T, H, W) -> (B, classes)
     torch.Size([1, 6])
 
+With ``model.test_head: conv`` (the paper presets) an eval-mode model returns the log of the class
+probabilities averaged over the fully convolutional test's positions: softmax of it is that average.
+
     python -m nlray.models nl_i3d_r50_128f         # parameters, multiply-adds, non-local positions
 """
 from __future__ import annotations
@@ -29,7 +32,8 @@ def build_model(m: ModelConfig, *, num_classes: int, activation_checkpointing: b
     """The network the ``model`` section describes, randomly initialised (no weights are loaded).
 
     ``num_classes``: the classifier's outputs (``model.num_classes`` 0 means "from the dataset's label
-    map", so the caller passes ``len(labels)``, or 400 for Kinetics-400).
+    map", so the caller passes ``len(labels)``, or 400 for Kinetics-400). ``model.test_head="conv"``:
+    in eval mode the output is log-probabilities (``resnet3d.fully_conv_log_probs``), softmax-compatible.
     """
     if num_classes <= 0:
         raise ValueError(f"num_classes={num_classes!r} must be > 0 (e.g. len(labels), 400 for Kinetics-400)")
@@ -39,6 +43,8 @@ def build_model(m: ModelConfig, *, num_classes: int, activation_checkpointing: b
         depth=m.depth, stage_depths=m.stage_depths, width=m.width, num_classes=num_classes,
         nonlocal_blocks=m.nonlocal_blocks, nonlocal_placement=m.nonlocal_placement,
         nonlocal_options=dict(instantiation=m.nl_instantiation, mode=m.nl_mode, subsample=m.nl_subsample,
-                              subsample_where=m.nl_subsample_where, softmax_scale=m.nl_softmax_scale),
+                              subsample_where=m.nl_subsample_where, softmax_scale=m.nl_softmax_scale,
+                              init_std=m.nl_init_std),
         res3_temporal_groups=m.nl_temporal_groups, pool_variant=m.pool_variant, dropout=m.dropout,
-        temporal_padding=m.temporal_padding, activation_checkpointing=activation_checkpointing)
+        temporal_padding=m.temporal_padding, activation_checkpointing=activation_checkpointing,
+        zero_init_residual=m.zero_init_residual, fc_init_std=m.fc_init_std, test_head=m.test_head)

@@ -79,16 +79,6 @@ def from_sequences(y: Tensor, *, mode: str, temporal_groups: int, size: tuple[in
     return y.permute(0, 5, 1, 2, 3, 4).reshape(-1, c, t, h, w)  # -> [B, C, T, H, W]
 
 
-def keys_at_query_locations(k: Tensor, height: int, width: int) -> Tensor:
-    """Time mode on a subsampled map: query location (h, w) meets the keys at (h//2, w//2)."""
-    if k.shape[-2:] == (height, width):
-        return k
-    assert k.shape[-2:] == (-(-height // 2), -(-width // 2)), "keys are not the 1x2x2 pooled map"
-    rows = torch.arange(height, device=k.device) // 2
-    cols = torch.arange(width, device=k.device) // 2
-    return k[..., rows, :][..., cols]  # [B, C, T, H', W'] -> [B, C, T, H, W]
-
-
 # --- the pairwise part on sequences: q [S, L, Cq], k [S, L', Cq], v [S, L', Cv] -> [S, L, Cv] -----
 
 def _query_parts(q: Tensor, k: Tensor, v: Tensor) -> int:
@@ -160,13 +150,15 @@ def nonlocal_core(theta: Tensor, phi: Tensor, g: Tensor, *, instantiation: str, 
     """y = 1/C(x) Σ_j f(θ_i, φ_j) g_j: θ [B, Cq, T, H, W], φ [B, Cq, T, H', W'], g [B, Cv, T, H', W'].
 
     Returns [B, Cv, T, H, W]. j runs over the key positions in the same frame (space), at the same
-    (pooled) location (time) or everywhere (spacetime), within the same group of T/temporal_groups frames.
+    location (time: φ, g are not subsampled, H' = H) or everywhere (spacetime), within the same group of
+    T/temporal_groups frames.
     """
     check_choice("instantiation", instantiation, INSTANTIATIONS)
     check_choice("mode", mode, MODES)
     t, h, w = theta.shape[-3:]
-    if mode == "time":
-        phi, g = keys_at_query_locations(phi, h, w), keys_at_query_locations(g, h, w)
+    if mode == "time" and (phi.shape[-3:] != theta.shape[-3:] or g.shape[-3:] != theta.shape[-3:]):
+        raise ValueError(f"mode='time' pairs each location with itself across frames: φ {tuple(phi.shape[-3:])} "
+                         f"and g {tuple(g.shape[-3:])} must be θ's {(t, h, w)} (time mode does not subsample)")
     seq = dict(mode=mode, temporal_groups=temporal_groups)
     q, k, v = to_sequences(theta, **seq), to_sequences(phi, **seq), to_sequences(g, **seq)
     y = PAIRWISE[instantiation](q, k, v, scale=scale, concat_weight=concat_weight)  # [S, L, Cv]
@@ -178,22 +170,28 @@ class NonLocalBlock(nn.Module):
 
     A new block is the identity (its BN's gamma starts at zero), so it can be dropped into a
     pre-trained network. ``temporal_groups`` > 1 restricts j to groups of T/groups consecutive
-    frames (Caffe2's 128-frame res3 trick, not in the paper).
+    frames (Caffe2's 128-frame res3 trick, not in the paper). ``mode="time"`` never subsamples:
+    the keys of a location are its T frames either way, so pooling would only change the operation.
+    ``init_std`` > 0 draws θ, φ, g and W_z from N(0, init_std) as the released code does (0.01);
+    0 keeps the paper's He init.
     """
 
     def __init__(self, channels: int, *, instantiation: str = "embedded_gaussian", mode: str = "spacetime",
                  subsample: bool = True, subsample_where: str = "after", softmax_scale: bool = False,
-                 temporal_groups: int = 1, inner_channels: Optional[int] = None):
+                 temporal_groups: int = 1, inner_channels: Optional[int] = None, init_std: float = 0.0):
         super().__init__()
         check_choice("instantiation", instantiation, INSTANTIATIONS)
         check_choice("mode", mode, MODES)
         check_choice("subsample_where", subsample_where, SUBSAMPLE_WHERE)
         if temporal_groups < 1:
             raise ValueError(f"temporal_groups={temporal_groups!r} must be >= 1")
+        if not init_std >= 0:
+            raise ValueError(f"init_std={init_std!r} must be >= 0 (0: He init; the released code: 0.01)")
         inner = inner_channels or channels // 2  # the paper's bottleneck: C/2
         embedded = instantiation != "gaussian"  # gaussian compares raw x: no θ, φ
         self.instantiation, self.mode, self.temporal_groups = instantiation, mode, temporal_groups
-        self.subsample, self.subsample_where = subsample, subsample_where
+        self.subsample, self.subsample_where = subsample and mode != "time", subsample_where
+        self.init_std = init_std
         self.theta = nn.Conv3d(channels, inner, 1) if embedded else None
         self.phi = nn.Conv3d(channels, inner, 1) if embedded else None
         self.g = nn.Conv3d(channels, inner, 1)
@@ -205,12 +203,16 @@ class NonLocalBlock(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He init for the 1×1×1 convs (PAPER.md), BN gamma = 0 so that the block starts as the identity."""
+        """1×1×1 convs He (PAPER.md) or N(0, init_std) (Caffe2); BN gamma = 0, so the block starts as the identity."""
         for conv in (self.theta, self.phi, self.g, self.out):
-            if conv is not None:
+            if conv is None:
+                continue
+            if self.init_std > 0:  # Caffe2's NONLOCAL.CONV_INIT_STD: small θᵀφ, near-uniform attention
+                nn.init.normal_(conv.weight, std=self.init_std)
+            else:
                 nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-                if conv.bias is not None:
-                    nn.init.zeros_(conv.bias)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
         if self.concat_weight is not None:  # w_f: a 1×1 conv from 2·C/2 channels to 1
             nn.init.normal_(self.concat_weight, std=(2.0 / self.concat_weight.numel()) ** 0.5)
         nn.init.zeros_(self.bn.weight)
@@ -235,4 +237,5 @@ class NonLocalBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"instantiation={self.instantiation}, mode={self.mode}, subsample={self.subsample} "
-                f"({self.subsample_where}), scale={self.scale:g}, temporal_groups={self.temporal_groups}")
+                f"({self.subsample_where}), scale={self.scale:g}, temporal_groups={self.temporal_groups}, "
+                f"init_std={self.init_std:g}")

@@ -6,13 +6,15 @@ One generic ``ResNet3D``; the architectures are data (the tables below) and shor
 blocks in ``layerK.nl_blocks``), so ImageNet weights map over one to one (``inflate.py``).
 
 Stages are named as in the paper: res2..res5 = layer1..layer4. For a 32×224×224 clip the outputs are
-conv1 16×112×112, pool1 8×56×56, res2 8×56×56, pool2 4×56×56, res3 4×28×28, res4 4×14×14, res5 4×7×7.
+conv1 16×112×112, pool1 8×56×56, res2 8×56×56, pool2 4×56×56, res3 4×28×28, res4 4×14×14, res5 4×7×7
+(``pool_variant="caffe2"``: pool1, res2 and pool2 are 55×55, as in the released code; res3 on as above).
 No weight depends on the number of frames: a 32-frame model's state dict loads into a 128-frame one.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
@@ -20,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from nlray.choices import POOL_VARIANTS, STAGE_DEPTHS, TEMPORAL_PADDING, check_choice, check_stage_depths
+from nlray.choices import (POOL_VARIANTS, STAGE_DEPTHS, TEMPORAL_PADDING, TEST_HEADS, check_choice,
+                           check_stage_depths)
 from nlray.models.nonlocal_block import NonLocalBlock
 
 STAGES = (2, 3, 4, 5)  # res2..res5
@@ -51,8 +54,12 @@ NONLOCAL_PLACEMENTS = {
 # Max pools after conv1 and after res2: (kernel, stride, padding) as (t, h, w).
 POOLS = {
     "paper": (((3, 3, 3), (2, 2, 2), (1, 1, 1)), ((3, 1, 1), (2, 1, 1), (1, 0, 0))),  # Table 1
-    "caffe2": (((2, 3, 3), (2, 2, 2), (0, 1, 1)), ((2, 1, 1), (2, 1, 1), (0, 0, 0))),  # released code
+    # released code (resnet_video_org.py): no padding anywhere, so pool1 is 112 -> 55 (res2 55×55)
+    "caffe2": (((2, 3, 3), (2, 2, 2), (0, 0, 0)), ((2, 1, 1), (2, 1, 1), (0, 0, 0))),
 }
+
+# The released code's test head: pool5 averages T_res5 × 7 × 7 with stride 1 (res5 is 7×7 at a 224 crop).
+HEAD_WINDOW = 7
 
 
 class ReplicateTimeConv3d(nn.Conv3d):
@@ -161,19 +168,20 @@ class ResNet3D(nn.Module):
     ``res3_temporal_groups``. ``pool_variant``: "paper" (Table 1) or "caffe2" pools.
     ``temporal_padding``: "zeros" (paper, Caffe2) or "replicate" (ReplicateTimeConv3d).
     ``activation_checkpointing``: recompute each residual / non-local block in the backward.
+    ``zero_init_residual``: each bottleneck's last BN gamma starts at 0; ``fc_init_std`` > 0: classifier
+    N(0, std), zero bias (both as the released code). ``test_head``: "pool" (global average, fc) or "conv"
+    (in eval mode only: ``fully_conv_log_probs``, the released code's fully convolutional test).
     """
 
     def __init__(self, *, temporal_kernels: Sequence[Sequence[tuple[int, int]]], conv1_t: int = 1,
                  width: int = 64, num_classes: int = 400, nonlocal_placement: Sequence[tuple[int, int]] = (),
                  nonlocal_options: Optional[Mapping[str, Any]] = None, res3_temporal_groups: int = 1,
                  pool_variant: str = "paper", dropout: float = 0.5, temporal_padding: str = "zeros",
-                 activation_checkpointing: bool = False):
+                 activation_checkpointing: bool = False, zero_init_residual: bool = False,
+                 fc_init_std: float = 0.0, test_head: str = "pool"):
         super().__init__()
-        check_choice("pool_variant", pool_variant, POOL_VARIANTS)
-        check_choice("temporal_padding", temporal_padding, TEMPORAL_PADDING)
-        if len(temporal_kernels) != len(STAGES) or min(map(len, temporal_kernels)) < 1:
-            raise ValueError(f"temporal_kernels needs 4 stages of >= 1 block, got depths "
-                             f"{[len(s) for s in temporal_kernels]}")
+        _check_options(temporal_kernels=temporal_kernels, pool_variant=pool_variant,
+                       temporal_padding=temporal_padding, test_head=test_head, fc_init_std=fc_init_std)
         placement = check_placement(nonlocal_placement, [len(s) for s in temporal_kernels])
         conv_cls = ReplicateTimeConv3d if temporal_padding == "replicate" else nn.Conv3d
         pool1, pool2 = POOLS[pool_variant]
@@ -195,11 +203,16 @@ class ResNet3D(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(in_ch, num_classes)
-        self._init_weights()
+        self.test_head = test_head
+        self._init_weights(zero_init_residual=zero_init_residual, fc_init_std=fc_init_std)
         self.set_activation_checkpointing(activation_checkpointing)
 
-    def _init_weights(self) -> None:
-        """torchvision's ResNet init for the backbone; non-local blocks keep their own (zero BN gamma)."""
+    def _init_weights(self, *, zero_init_residual: bool, fc_init_std: float) -> None:
+        """torchvision's ResNet init for the backbone; non-local blocks keep their own (zero BN gamma).
+
+        ``zero_init_residual``: every residual block starts as relu(shortcut) (Caffe2's BN_INIT_GAMMA 0);
+        ``fc_init_std`` > 0: Caffe2's FC_INIT_STD, else nn.Linear's own init.
+        """
         nl = {id(m) for stage in self.stages() for blk in stage.nl_blocks.values() for m in blk.modules()}
         for m in self.modules():
             if id(m) in nl:
@@ -209,6 +222,13 @@ class ResNet3D(nn.Module):
             elif isinstance(m, nn.BatchNorm3d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for stage in self.stages():
+                for block in stage.blocks:
+                    nn.init.zeros_(block.bn3.weight)  # the BN before the sum with the shortcut
+        if fc_init_std > 0:
+            nn.init.normal_(self.fc.weight, std=fc_init_std)
+            nn.init.zeros_(self.fc.bias)
 
     def stages(self) -> tuple[ResStage, ...]:
         """res2..res5."""
@@ -226,8 +246,41 @@ class ResNet3D(nn.Module):
         return self.layer4(self.layer3(self.layer2(x)))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.forward_features(x).mean(dim=(2, 3, 4))  # global average pool: [B, 32·width]
+        """Logits [B, num_classes]; with test_head="conv" in eval mode, log-probabilities (softmax-compatible)."""
+        features = self.forward_features(x)  # [B, 32·width, T', H', W']
+        if self.test_head == "conv" and not self.training:
+            return fully_conv_log_probs(features, self.fc)
+        x = features.mean(dim=(2, 3, 4))  # global average pool: [B, 32·width]
         return self.fc(self.dropout(x))  # [B, num_classes]
+
+
+def fully_conv_log_probs(features: Tensor, fc: nn.Linear, window: int = HEAD_WINDOW) -> Tensor:
+    """The released code's fully convolutional test: log of the class probabilities averaged over positions.
+
+    res5 [B, C, T, H, W] is average-pooled with kernel (T, window, window), stride 1 (the window clamped to
+    a smaller map), ``fc`` is applied at every pooled position (its weights as a 1×1×1 conv), softmax per
+    position, mean over positions. Returned as a log so that softmax of it (what callers do with logits)
+    is exactly that mean; cross-entropy on it is the mean's negative log-likelihood. [B, classes], float32+.
+    """
+    t, h, w = features.shape[-3:]
+    pooled = F.avg_pool3d(features, (t, min(window, h), min(window, w)), stride=1)  # [B, C, 1, H', W']
+    logits = fc(pooled.flatten(2).transpose(1, 2))  # [B, C, P] -> [B, P, classes]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 under autocast: sum in float32
+    log_probs = logits.log_softmax(dim=-1)  # softmax per position: [B, P, classes]
+    return log_probs.logsumexp(dim=1) - math.log(log_probs.shape[1])  # log mean_P softmax: [B, classes]
+
+
+def _check_options(*, temporal_kernels: Sequence[Sequence[tuple[int, int]]], pool_variant: str,
+                   temporal_padding: str, test_head: str, fc_init_std: float) -> None:
+    """ResNet3D's keyword checks: ValueError naming the bad value and the allowed ones."""
+    check_choice("pool_variant", pool_variant, POOL_VARIANTS)
+    check_choice("temporal_padding", temporal_padding, TEMPORAL_PADDING)
+    check_choice("test_head", test_head, TEST_HEADS)
+    if not fc_init_std >= 0:
+        raise ValueError(f"fc_init_std={fc_init_std!r} must be >= 0 (0: nn.Linear's init; released code: 0.01)")
+    if len(temporal_kernels) != len(STAGES) or min(map(len, temporal_kernels)) < 1:
+        raise ValueError(f"temporal_kernels needs 4 stages of >= 1 block, got depths "
+                         f"{[len(s) for s in temporal_kernels]}")
 
 
 def _make_stage(in_ch: int, inner: int, kernels: Sequence[tuple[int, int]], *, stride: int, conv_cls: type,

@@ -18,7 +18,7 @@ import torch
 from nlray import raycluster, tracking
 from nlray.config import Config, TrackingConfig, apply_overrides, env_layer, from_yaml, to_yaml
 from nlray.data import resolve_dataset
-from nlray.data.pipeline import build_eval_dataset
+from nlray.data.pipeline import build_eval_dataset, split_frame
 from nlray.data.transforms import normalize_on_device
 from nlray.models import build_model
 from nlray.train import checkpoint
@@ -46,8 +46,9 @@ class ViewScorer:
 class VideoScores:
     """Accumulates view scores into per-video averages; clip-level and video-level top-k."""
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, total_videos: int = 0):
         self.k = num_classes
+        self.total = total_videos  # videos in the split, decoded or not (0: unknown, the decoded ones)
         self.sums: dict[int, np.ndarray] = {}
         self.labels: dict[int, int] = {}
         self.views: dict[int, int] = {}
@@ -70,10 +71,14 @@ class VideoScores:
         scores = np.stack([self.sums[v] / self.views[v] for v in vids])  # (V, K) mean softmax
         y = np.array([self.labels[v] for v in vids])
         top5 = np.argsort(-scores, axis=1)[:, :5]
+        hits1, hits5 = float((top5[:, 0] == y).sum()), float((top5 == y[:, None]).any(1).sum())
+        total = max(self.total, len(vids))
+        # the released code divides by the split's size: a video that did not decode counts as wrong
         return {"clip_top1": self.clip_hits[0] / self.clip_count, "clip_top5": self.clip_hits[1] / self.clip_count,
-                "video_top1": float((top5[:, 0] == y).mean()),
-                "video_top5": float((top5 == y[:, None]).any(1).mean()),
-                "videos": float(len(vids)), "views": float(self.clip_count)}
+                "video_top1": hits1 / total, "video_top5": hits5 / total,
+                "video_top1_decoded": hits1 / len(vids), "video_top5_decoded": hits5 / len(vids),
+                "videos": float(len(vids)), "videos_total": float(total),
+                "videos_not_decoded": float(total - len(vids)), "views": float(self.clip_count)}
 
     def confusion(self) -> np.ndarray:
         conf = np.zeros((self.k, self.k), dtype=np.int64)  # rows: true class, columns: predicted
@@ -84,7 +89,8 @@ class VideoScores:
 
 def evaluate(cfg: Config, df: pd.DataFrame, model_state: dict, *, num_clips: Optional[int] = None,
              num_crops: Optional[int] = None, actors: int = 1, use_gpu: bool = False) -> VideoScores:
-    """Score every view of the validation split; returns the accumulated VideoScores."""
+    """Score every view of the validation split; returns the accumulated VideoScores (video-level accuracy
+over every video of the split, and over those that decoded)."""
     views = build_eval_dataset(df, cfg.data, run_name=cfg.name, num_clips=num_clips, num_crops=num_crops,
                                resources=raycluster.decoder_resources(cfg))
     state_ref = [ray.put(model_state)]
@@ -92,7 +98,7 @@ def evaluate(cfg: Config, df: pd.DataFrame, model_state: dict, *, num_clips: Opt
         "cfg_yaml": to_yaml(cfg), "state_ref": state_ref, "use_gpu": use_gpu},
         batch_size=max(1, cfg.data.batch_size), compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1)
-    scores = VideoScores(cfg.model.num_classes)
+    scores = VideoScores(cfg.model.num_classes, total_videos=len(split_frame(df, cfg.data.val_split)))
     for batch in scored.iter_batches(batch_size=256, batch_format="numpy"):
         scores.add(batch["video_idx"], batch["label"], batch["probs"])
     return scores

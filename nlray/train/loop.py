@@ -26,6 +26,7 @@ from nlray.data.transforms import normalize_on_device
 from nlray.models import build_model, freeze_batchnorm
 from nlray.tracking import Run
 from nlray.train import checkpoint
+from nlray.train.precise_bn import update_bn_stats
 from nlray.train.optim import accumulation_steps, build_optimizer, global_batch, lr_at, peak_lr
 
 log = logging.getLogger("nlray")
@@ -188,7 +189,9 @@ def train_func(config: dict) -> None:
                 loop.run.set_tags({NO_DATA_TAG: str(epoch)})  # the driver raises, naming the reasons
             return
         epoch += 1
-    if last_saved != step:  # resumed at or past the end: report once so the run has a final checkpoint
+    if last_saved != step:  # the final checkpoint (or resumed at or past the end: report once)
+        if loop.cfg.train.precise_bn_batches:
+            precise_bn(loop, shard, step)
         save(loop, step, epoch)
 
 
@@ -243,7 +246,7 @@ def train_epoch(loop: Loop, shard, step: int, epoch: int, last_saved: int) -> tu
         lr = optimizer_step(loop, step)
         if step % tcfg.log_every == 0 or step == tcfg.steps:
             log_interval(loop, step, epoch, lr)
-        if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
+        if save_due(tcfg, step):
             save(loop, step, epoch)
             last_saved = step
         if step >= tcfg.steps:
@@ -252,6 +255,28 @@ def train_epoch(loop: Loop, shard, step: int, epoch: int, last_saved: int) -> tu
     if ray.train.get_context().get_world_rank() == 0 and step > loop.logged_upto and batches:
         loop.run.log_metrics(audit, step)
     return step, batches, last_saved
+
+
+def save_due(tcfg, step: int) -> bool:
+    """A checkpoint every ``checkpoint_every`` steps and at the end; with precise BN the final one waits
+    for the statistics (train_func)."""
+    if step == tcfg.steps:
+        return not tcfg.precise_bn_batches
+    return step % tcfg.checkpoint_every == 0
+
+
+def precise_bn(loop: Loop, shard, step: int) -> None:
+    """Recompute BN statistics over ``train.precise_bn_batches`` batches a worker (one more pass of the
+    training data, the final weights fixed) before the final checkpoint; the count used goes to MLflow."""
+    bare = loop.model.module if hasattr(loop.model, "module") else loop.model
+    it = shard.iter_torch_batches(batch_size=loop.cfg.data.batch_size, collate_fn=pick_video_label,
+                                  drop_last=True, prefetch_batches=2)
+    inputs = (normalize_on_device(b["video"].to(loop.device), dtype=torch.float32)  # (B, C, T, H, W)
+              for b, _ in synced_batches(it, loop.device))
+    with torch.autocast(device_type=loop.device.type, dtype=torch.bfloat16, enabled=loop.bf16):
+        used = update_bn_stats(bare, inputs, max_batches=loop.cfg.train.precise_bn_batches)
+    if ray.train.get_context().get_world_rank() == 0 and step > loop.logged_upto:
+        loop.run.log_metrics({"train/precise_bn_batches": used}, step)
 
 
 def micro_step(loop: Loop, batch: dict, waited: float) -> bool:

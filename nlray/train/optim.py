@@ -1,6 +1,8 @@
 """SGD, the step schedule and linear lr scaling of PAPER.md's recipe."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -22,6 +24,26 @@ def global_batch(tcfg: TrainConfig, per_worker_batch: int) -> int:
 def peak_lr(tcfg: TrainConfig, batch: int) -> float:
     """Linear scaling (Goyal et al.): base_lr is right for base_batch clips a step."""
     return tcfg.base_lr * batch / tcfg.base_batch
+
+
+def scaled_schedule(tcfg: TrainConfig, per_worker_batch: int) -> tuple[TrainConfig, dict]:
+    """(train config to run, MLflow params of the paper's and the actual schedule).
+
+    With ``train.scale_schedule`` the preset's steps, milestones and warm-up are for ``base_batch`` clips a
+    step (the paper's global batch: 64 for 32-frame clips, 16 for 128-frame) and scale by base_batch /
+    actual global batch, so that a run on fewer workers sees as many epochs; the lr scales linearly
+    either way (``peak_lr``).
+    """
+    batch = global_batch(tcfg, per_worker_batch)
+    factor = tcfg.base_batch / batch if tcfg.scale_schedule else 1.0
+    run = dataclasses.replace(tcfg, steps=max(1, round(tcfg.steps * factor)),
+                              lr_milestones=[round(m * factor) for m in tcfg.lr_milestones],
+                              warmup_steps=round(tcfg.warmup_steps * factor))
+    params = {"paper.global_batch": tcfg.base_batch, "paper.lr": tcfg.base_lr, "paper.steps": tcfg.steps,
+              "paper.lr_milestones": tcfg.lr_milestones, "actual.global_batch": batch,
+              "actual.lr": peak_lr(tcfg, batch), "actual.steps": run.steps,
+              "actual.lr_milestones": run.lr_milestones, "actual.schedule_factor": round(factor, 6)}
+    return run, params
 
 
 def lr_at(step: int, *, peak: float, milestones: list[int], gamma: float, warmup_steps: int) -> float:

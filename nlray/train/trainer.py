@@ -27,6 +27,7 @@ from nlray.train import checkpoint
 from nlray.train.evaluate import evaluate
 from nlray.train.weights import initial_weights
 from nlray.train.loop import NO_DATA_TAG, train_func
+from nlray.train.optim import scaled_schedule
 
 log = logging.getLogger("nlray")
 
@@ -85,9 +86,11 @@ def fit(cfg: Config) -> dict:
     df, labels = resolve_dataset(cfg.data)
     require_usable_videos(cfg, df)
     cfg = resolve_classes(cfg, labels)
+    scaled, schedule = scaled_schedule(cfg.train, cfg.data.batch_size)
+    cfg = dataclasses.replace(cfg, train=scaled)
     cfg.tracking.uri = tracking.resolve_uri(cfg.tracking.uri)  # workers run in other directories
     init = initial_weights(cfg)  # a bad --init-from fails here, before a run or a worker exists
-    run, resumed = tracking.start_or_resume_run(cfg, labels, {"world_size": cfg.train.num_workers})
+    run, resumed = tracking.start_or_resume_run(cfg, labels, {"world_size": cfg.train.num_workers, **schedule})
     log.info("MLflow run %s (%s) at %s", run.id, "resumed" if resumed else "new", redact(run.uri))
     try:
         init_ref = ray.put(init) if init is not None else None
