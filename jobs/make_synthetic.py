@@ -3,8 +3,10 @@
     python jobs/make_synthetic.py --out /data/synthetic
     python jobs/make_synthetic.py --out s3://my-bucket/synthetic --classes 10 --per-class 100 \
         --val-per-class 20 --seed 1
+    python jobs/make_synthetic.py --out /data/longrange --preset longrange  # data.synthetic=longrange's set
 
-Classes differ only by motion over time (see nlray/data/synthetic.py). The layout is the official
+Classes differ only by motion over time (see nlray/data/synthetic.py); in the longrange preset, by whether
+two far-apart objects, one after the other, move the same way. The layout is the official
 Kinetics one, so the result feeds ``jobs/prepare_kinetics.py --root`` and ``data.root`` directly.
 Prints one JSON line: {"out", "videos", "seconds"}.
 """
@@ -19,17 +21,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nlray.data.synthetic import CLASSES, DEMO_SPEC, TINY_SPEC, make_dataset, plan_videos  # noqa: E402
+from nlray.data.synthetic import (CLASSES, DEMO_SPEC, LONGRANGE_CLASSES, SPECS, make_dataset,  # noqa: E402
+                                  plan_videos)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--out", required=True, help="dataset root: local path, file:// or s3://bucket/prefix")
-    p.add_argument("--preset", choices=("demo", "tiny"), default="demo",
-                   help="start from DEMO_SPEC (embedded default's set) or TINY_SPEC (tests)")
+    p.add_argument("--preset", choices=tuple(SPECS), default="demo",
+                   help="start from the set data.synthetic names: demo (the embedded default's), tiny (tests) "
+                        "or longrange (a relation of two far-apart motions)")
     p.add_argument("--classes", type=int, help=f"number of classes, the first N of {len(CLASSES)}: "
-                                               f"{', '.join(CLASSES)}")
+                                               f"{', '.join(CLASSES)} (longrange: of {', '.join(LONGRANGE_CLASSES)})")
     p.add_argument("--per-class", type=int, help=f"train videos per class (demo: {DEMO_SPEC.per_class})")
     p.add_argument("--val-per-class", type=int, help="validation videos per class")
     p.add_argument("--seed", type=int, help="random seed (same seed, same dataset)")
@@ -44,12 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_spec(args: argparse.Namespace):
-    spec = TINY_SPEC if args.preset == "tiny" else DEMO_SPEC
+    spec = SPECS[args.preset]
+    family = LONGRANGE_CLASSES if spec.classes[0] in LONGRANGE_CLASSES else CLASSES
     changes = {}
     if args.classes is not None:
-        if not 1 <= args.classes <= len(CLASSES):
-            raise SystemExit(f"--classes {args.classes}: choose 1..{len(CLASSES)}")
-        changes["classes"] = CLASSES[:args.classes]
+        if not 1 <= args.classes <= len(family):
+            raise SystemExit(f"--classes {args.classes}: choose 1..{len(family)} for --preset {args.preset}")
+        changes["classes"] = family[:args.classes]
     for arg, field in (("per_class", "per_class"), ("val_per_class", "val_per_class"),
                        ("seed", "seed"), ("gop", "gop")):
         if getattr(args, arg) is not None:

@@ -215,3 +215,100 @@ def test_manifest_rows_new_order_each_plan_and_blocks():
     first, second = ([plan(s) for _ in range(2)] for s in seeded)
     assert first == second and first[0] != first[1]  # reproducible sequence, still new each epoch
     assert plan(ManifestRows(df, block=3, shuffle=False)) == list(range(23))
+
+
+# ------------------------------------------------------------------------- flips and mirror labels
+
+FLIP_CFG = dict(frames=8, frame_stride=2, train_short_side=[48, 48], crop_size=48, decode_batch=2,
+                decode_actors=1, decode_actors_max=0, decode_cpus=0.5, backend="pyav")
+LEFT_RIGHT = [["moving_left", "moving_right"]]
+
+
+@pytest.fixture(scope="module")
+def motion_videos(tmp_path_factory):
+    """(manifest, labels): square synthetic H.264 videos of the 4 translations (a crop of the short side
+    is the whole frame, so the blob is always in view), 3 per class."""
+    from nlray.data.dataset import build_manifest
+    from nlray.data.synthetic import CLASSES, SyntheticSpec, make_dataset
+
+    spec = SyntheticSpec(classes=CLASSES[:4], per_class=3, val_per_class=0, width_range=(64, 80),
+                         aspects=(1.0,), duration_range=(2.7, 3.0), seed=4)
+    root = make_dataset(str(tmp_path_factory.mktemp("motion") / "ds"), spec)
+    df, labels, missing = build_manifest(root)
+    assert not missing and set(labels) == set(CLASSES[:4])
+    return df, labels
+
+
+def pixel_direction(clip: np.ndarray) -> str:
+    """The translation class uint8 [T, H, W, 3] shows: least-squares (vx, vy) of brightness constancy
+    I_t + I_x vx + I_y vy = 0 over the whole clip, then its larger component's sign (y points down)."""
+    gray = clip.astype(np.float64).mean(-1)  # (T, H, W)
+    i_t = gray[1:] - gray[:-1]
+    i_y, i_x = np.gradient(0.5 * (gray[1:] + gray[:-1]), axis=(1, 2))
+    a = np.array([[(i_x * i_x).sum(), (i_x * i_y).sum()], [(i_x * i_y).sum(), (i_y * i_y).sum()]])
+    vx, vy = np.linalg.solve(a, -np.array([(i_t * i_x).sum(), (i_t * i_y).sum()]))
+    if abs(vx) > abs(vy):
+        return "moving_right" if vx > 0 else "moving_left"
+    return "moving_down" if vy > 0 else "moving_up"
+
+
+def decoder(labels, **kwargs):
+    from nlray.data.clips import ClipDecoder
+    from nlray.data.transforms import flip_label_permutation
+
+    perm = flip_label_permutation(labels, LEFT_RIGHT)
+    return ClipDecoder(frames=8, stride=2, short_side=(48, 48), crop_size=48, backend="pyav", log_name="unused",
+                       flip_labels=perm, **kwargs)
+
+
+def test_a_mirrored_moving_left_clip_gets_moving_right_label(motion_videos):
+    df, labels = motion_videos
+    dec = decoder(labels, seed=3)
+    outcomes = set()
+    for row in df.itertuples():
+        for _ in range(8):
+            clip, label = dec.labelled_clip(row.uri, int(row.label_id))
+            assert clip.shape == (8, 48, 48, 3) and clip.flags.c_contiguous
+            shown = pixel_direction(clip)
+            assert labels[label] == shown, (row.label, labels[label], shown)  # the label says what is seen
+            outcomes.add((row.label, labels[label]))
+    assert {("moving_left", "moving_right"), ("moving_left", "moving_left"),
+            ("moving_right", "moving_left"), ("moving_right", "moving_right")} <= outcomes  # both, both ways
+    assert {o for o in outcomes if o[0] in ("moving_up", "moving_down")} == {("moving_up", "moving_up"),
+                                                                             ("moving_down", "moving_down")}
+
+
+def test_flip_false_never_mirrors(motion_videos):
+    df, labels = motion_videos
+    dec = decoder(labels, seed=3, flip=False)
+    for row in df.itertuples():
+        for _ in range(8):
+            clip, label = dec.labelled_clip(row.uri, int(row.label_id))
+            assert label == row.label_id and pixel_direction(clip) == row.label
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_train_dataset_labels_mirrored_clips_by_name(ray_local, motion_videos, flip):
+    """build_train_dataset turns data.flip_label_map's names into ids on the driver: every clip that
+    comes out carries the label of what it shows."""
+    df, labels = motion_videos
+    cfg = DataConfig(**FLIP_CFG, repeat=4, flip=flip, flip_label_map=LEFT_RIGHT)
+    ds = build_train_dataset(df, cfg, run_name=f"test_flip_{flip}", labels=labels)
+    rows = train_frame(df, "train", repeat=4)
+    mirrored = 0
+    for b in ds.iter_torch_batches(batch_size=4):
+        for clip, label, row in zip(b["video"].numpy(), b["label"].tolist(), b["video_idx"].tolist()):
+            assert labels[label] == pixel_direction(clip)
+            mirrored += labels[label] != rows.label[row]
+    assert (mirrored > 0) == flip  # 24 left/right clips: all unmirrored by chance with p = 2^-23
+
+
+def test_unknown_flip_label_fails_on_the_driver_before_any_actor():
+    df = pd.DataFrame({"uri": ["a"], "label_id": [0], "split": ["train"]})
+    labels = ["moving_left", "moving_right"]
+    cfg = DataConfig(**FLIP_CFG, flip_label_map=[["moving_left", "moving_sideways"]])
+    want = r"data.flip_label_map: .*'moving_sideways' is not a label; labels: \['moving_left', 'moving_right'\]"
+    with pytest.raises(ValueError, match=want):  # no Ray here: it fails before the log actor is made
+        build_train_dataset(df, cfg, run_name="test_unknown_flip", labels=labels)
+    with pytest.raises(ValueError, match="needs labels="):
+        build_train_dataset(df, DataConfig(**FLIP_CFG, flip_label_map=LEFT_RIGHT), run_name="test_no_labels")

@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from nlray.data.transforms import (normalize_on_device, random_crop, random_flip, short_side_scale,
-                                   spatial_crops, train_crop_flip)
+from nlray.data.transforms import (flip_label_permutation, flip_with_label, normalize_on_device, random_crop,
+                                   random_flip, short_side_scale, spatial_crops, train_crop_flip)
+
+LABELS = ["growing", "moving_left", "moving_right", "rotating_clockwise", "rotating_counterclockwise"]
 
 
 def coded_clip(t=3, h=40, w=60):
@@ -56,6 +58,49 @@ def test_random_flip_half_the_time():
         else:
             np.testing.assert_array_equal(out, clip)
     assert 430 < flips < 570
+
+
+def test_flip_label_permutation_swaps_the_named_pairs_only():
+    pairs = [["moving_left", "moving_right"], ["rotating_counterclockwise", "rotating_clockwise"]]
+    perm = flip_label_permutation(LABELS, pairs)
+    assert perm.dtype == np.int64
+    mirrored = [LABELS[i] for i in perm]  # what each class looks like in a mirror
+    assert mirrored == ["growing", "moving_right", "moving_left", "rotating_counterclockwise", "rotating_clockwise"]
+    assert (perm[perm] == np.arange(len(LABELS))).all()  # mirroring twice changes nothing
+    assert flip_label_permutation(LABELS, []).tolist() == list(range(len(LABELS)))
+
+
+@pytest.mark.parametrize("pairs,match", [
+    ([["moving_left", "moving_sideways"]],
+     r"'moving_sideways' is not a label; labels: \['growing', 'moving_left', .*'rotating_counterclockwise'\]"),
+    ([["moving_left", "moving_right"], ["moving_left", "growing"]], "'moving_left' is already in another pair"),
+    ([["growing", "growing"]], "two different label names"),
+    ([["growing"]], "two different label names"),
+])
+def test_flip_label_permutation_names_the_bad_value(pairs, match):
+    with pytest.raises(ValueError, match=match):
+        flip_label_permutation(LABELS, pairs)
+
+
+def test_flip_with_label_gives_a_mirrored_clip_its_partner_label():
+    clip = coded_clip()
+    perm = flip_label_permutation(LABELS, [["moving_left", "moving_right"]])
+    rng = np.random.default_rng(1)
+    seen = {}
+    for _ in range(1000):
+        label = int(rng.integers(0, len(LABELS)))
+        out, got = flip_with_label(clip, label, rng=rng, permutation=perm)
+        mirrored = int(out[0, 0, 0, 1]) == 59  # the pixel says which column it came from
+        np.testing.assert_array_equal(out, clip[:, :, ::-1] if mirrored else clip)
+        want = {"moving_left": "moving_right", "moving_right": "moving_left"}.get(LABELS[label], LABELS[label])
+        assert LABELS[got] == (want if mirrored else LABELS[label])
+        seen[mirrored] = seen.get(mirrored, 0) + 1
+    assert 430 < seen[True] < 570
+    assert flip_with_label(clip, -1, rng=np.random.default_rng(0), p=1.0)[1] == -1  # unlabelled stays so
+    assert flip_with_label(clip, 1, rng=rng, p=1.0)[1] == 1  # no permutation: the label is kept
+    for _ in range(100):  # p=0: never mirrored
+        out, got = flip_with_label(clip, 1, rng=rng, permutation=perm, p=0.0)
+        assert out is clip and got == 1
 
 
 def test_train_crop_flip_contiguous_uint8():

@@ -1,11 +1,13 @@
 """The decoder actors of the pipeline: manifest rows in, uint8 clip rows out (``map_batches``).
 
 ``ClipDecoder`` makes one random training clip per video; ``EvalClipDecoder`` every view (clip x
-crop) of a video from one opening and one decoding pass. Clip positions, scales, crops and flips
-come from each decoder actor's own generator, seeded from ``seed`` and a random actor key:
-independent across actors, not bit-reproducible (which actor gets which video is up to the
-scheduler). A bad video is reported to the named ``BadVideoLog`` actor (``nlray.data.pipeline``)
-and skipped: its clip is simply absent.
+crop) of a video from one opening and one decoding pass. A training clip is mirrored left-right
+with probability 1/2 unless ``flip=False``; a mirrored clip takes the label ``flip_labels[label]``
+(``transforms.flip_label_permutation``: a mirrored "moving_left" clip is a "moving_right" clip).
+Clip positions, scales, crops and flips come from each decoder actor's own generator, seeded from
+``seed`` and a random actor key: independent across actors, not bit-reproducible (which actor gets
+which video is up to the scheduler). A bad video is reported to the named ``BadVideoLog`` actor
+(``nlray.data.pipeline``) and skipped: its clip is simply absent.
 
 Failures that must not stop training are bad videos: a video whose decode takes longer than
 ``decode_timeout_s`` (``timeout``), one the store failed to give through every retry
@@ -15,7 +17,7 @@ flaky: the decoder raises ``StorageError``, as it does at once for an auth error
 from __future__ import annotations
 
 import uuid
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import ray
@@ -24,7 +26,7 @@ from nlray.data.badvideo import BadVideo
 from nlray.data.decode import fetch_video, open_video, read_frames, read_unique
 from nlray.data.sampling import eval_indices, train_indices
 from nlray.data.storage import StorageError
-from nlray.data.transforms import Crop, crop_corners, random_flip
+from nlray.data.transforms import Crop, crop_corners, flip_with_label
 
 __all__ = ["ClipDecoder", "EvalClipDecoder", "DECODE_TIMEOUT_S", "MAX_UNREACHABLE_IN_A_ROW"]
 
@@ -81,34 +83,48 @@ class _DecoderBase:
 
 
 class ClipDecoder(_DecoderBase):
-    """map_batches actor: rows (uri, label_id, video_idx) -> train clips uint8 [T, crop, crop, 3]."""
+    """map_batches actor: rows (uri, label_id, video_idx) -> train clips uint8 [T, crop, crop, 3].
+
+    ``flip``: mirror clips left-right with probability 1/2. ``flip_labels``: label id of a mirrored
+    clip of each class (``flip_label_permutation``); None keeps every label.
+    """
 
     def __init__(self, *, frames: int, stride: int, short_side: tuple[int, int], crop_size: int,
                  backend: str, endpoint_url: str = "", log_name: str, seed: int = 0,
-                 decode_timeout_s: Optional[float] = DECODE_TIMEOUT_S):
+                 decode_timeout_s: Optional[float] = DECODE_TIMEOUT_S, flip: bool = True,
+                 flip_labels: Optional[Sequence[int]] = None):
         super().__init__(backend=backend, endpoint_url=endpoint_url, log_name=log_name, seed=seed,
                          decode_timeout_s=decode_timeout_s)
         self.frames, self.stride, self.crop_size = frames, stride, crop_size
         self.short_side = (int(short_side[0]), int(short_side[1]))
+        self.flip = bool(flip)
+        self.flip_labels = None if flip_labels is None else np.asarray(flip_labels, np.int64)
 
     def clip(self, uri: str) -> np.ndarray:
-        """One training clip of the video at ``uri``; BadVideo if it cannot be made."""
+        """One training clip of the video at ``uri`` (maybe mirrored); BadVideo if it cannot be made."""
+        return self.labelled_clip(uri, 0)[0]
+
+    def labelled_clip(self, uri: str, label: int) -> tuple[np.ndarray, int]:
+        """(clip, label of the clip): a mirrored clip has its class's mirror label."""
         with self._open(uri) as video:
             idx = train_indices(video.num_frames, frames=self.frames, stride=self.stride, rng=self.rng)
             size = int(self.rng.integers(self.short_side[0], self.short_side[1] + 1))  # short side
             crop = Crop(size=self.crop_size, fy=self.rng.random(), fx=self.rng.random())
             frames = read_frames(video, idx, short_side=size, crop=crop)  # (T, crop, crop, 3)
-        return np.ascontiguousarray(random_flip(frames, rng=self.rng))  # (T, crop, crop, 3), maybe mirrored
+        if self.flip:
+            frames, label = flip_with_label(frames, label, rng=self.rng, permutation=self.flip_labels)
+        return np.ascontiguousarray(frames), label  # (T, crop, crop, 3), maybe mirrored
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         clips, labels, rows = [], [], []
         for uri, label, row in zip(batch["uri"], batch["label_id"], batch["video_idx"]):
             try:
-                clips.append(self.clip(str(uri)))
+                clip, label = self.labelled_clip(str(uri), int(label))
             except BadVideo as bad:
                 self._report(bad)
                 continue
-            labels.append(int(label))
+            clips.append(clip)
+            labels.append(label)
             rows.append(int(row))
         if clips:
             yield {"video": np.stack(clips), "label": np.asarray(labels, np.int64),

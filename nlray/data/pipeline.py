@@ -1,6 +1,7 @@
 """The Ray Data pipeline: manifest rows -> shuffled -> CPU decoder actors -> uint8 clip rows.
 
-    ds = build_train_dataset(df, cfg.data, run_name=cfg.name, seed=cfg.train.seed)  # 1 clip/video/epoch
+    ds = build_train_dataset(df, cfg.data, run_name=cfg.name, seed=cfg.train.seed,
+                             labels=labels)  # 1 clip/video/epoch; labels: names, index = label_id
     trainer = TorchTrainer(..., datasets={"train": ds})
     # in the worker:
     for b in ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=8):
@@ -30,6 +31,10 @@ and still differs from epoch to epoch. Rows travel in blocks of ``data.decode_ba
 ``data.decode_actors`` decoders get work.
 Clips are made by the decoder actors of ``nlray.data.clips``; rows come from ``ManifestRows``.
 
+Flip: training clips are mirrored left-right with probability 1/2 when ``data.flip``; a mirrored clip of
+a class named in ``data.flip_label_map`` takes its partner's label. The names are turned into label ids
+here on the driver, from ``labels`` (the label map, index = label_id), before any actor starts.
+
 Bad videos: a decoder that meets one drops it (its clip is simply absent) and reports
 ``(uri, reason, detail)`` to a named Ray actor ``BadVideoLog`` (one per run and training split, one
 per run for evaluation: ``bad_video_log_name``; created here on the driver, which keeps a handle to
@@ -40,7 +45,7 @@ counts every failure).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import pandas as pd
 import ray
@@ -48,9 +53,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from nlray.data.clips import ClipDecoder, EvalClipDecoder
 from nlray.data.manifest_rows import ManifestRows
+from nlray.data.transforms import flip_label_permutation
 
 __all__ = ["BadVideoLog", "build_train_dataset", "build_eval_dataset", "bad_video_log", "bad_video_log_name",
-           "bad_video_counts", "bad_video_list", "split_frame", "train_frame", "has_split"]
+           "bad_video_counts", "bad_video_list", "split_frame", "train_frame", "has_split",
+           "flip_labels"]
 
 LOG_PREFIX = "nlray_bad_videos"
 _LOG_HANDLES: dict[str, Any] = {}  # a named actor dies with its last handle: the driver keeps one
@@ -172,14 +179,32 @@ def decoder_pool(data_cfg: Any, resources: Optional[dict] = None) -> dict[str, A
             "batch_size": data_cfg.decode_batch}
 
 
+def flip_labels(data_cfg: Any, labels: Optional[Sequence[str]]) -> Optional[list[int]]:
+    """Label id of a mirrored clip of each class, from ``data.flip_label_map``; None: no label changes
+    (no flip, or an empty map). ValueError naming an unknown label, or a map given without ``labels``."""
+    if not data_cfg.flip_label_map or (labels is None and not data_cfg.flip):
+        return None
+    if labels is None:
+        raise ValueError(f"data.flip_label_map={data_cfg.flip_label_map!r} names classes: "
+                         "build_train_dataset needs labels= (the label map, index = label_id)")
+    try:  # checked with flip off too: a misspelt name is a mistake either way
+        perm = flip_label_permutation(labels, data_cfg.flip_label_map)
+    except ValueError as e:
+        raise ValueError(f"data.flip_label_map: {e}") from None
+    return perm.tolist() if data_cfg.flip else None
+
+
 def build_train_dataset(df: pd.DataFrame, data_cfg: Any, *, run_name: str, seed: int = 0,
-                        decoder: type = ClipDecoder, resources: Optional[dict] = None):
+                        decoder: type = ClipDecoder, resources: Optional[dict] = None,
+                        labels: Optional[Sequence[str]] = None):
     """Training clips of ``data.train_split`` repeated ``data.repeat`` times: a new shuffle and new
     random clips every epoch (module doc); bad videos go to ``bad_video_log_name(run_name, split)``.
 
     ``decoder``: the actor class, ClipDecoder or a subclass (bench_ingest.py times its batches).
     ``resources``: custom resources each decoder actor asks for (``decoder_pool``).
+    ``labels``: class names, index = label_id; needed when ``data.flip_label_map`` is set (``flip_labels``).
     """
+    mirrored = flip_labels(data_cfg, labels)  # a bad name fails here, before any actor
     log_name = bad_video_log_name(run_name, data_cfg.train_split)
     bad_video_log(log_name)  # created on the driver: lives as long as the job
     rows = train_frame(df, data_cfg.train_split, repeat=data_cfg.repeat)
@@ -187,7 +212,7 @@ def build_train_dataset(df: pd.DataFrame, data_cfg: Any, *, run_name: str, seed:
     kwargs = dict(frames=data_cfg.frames, stride=data_cfg.frame_stride,
                   short_side=tuple(data_cfg.train_short_side), crop_size=data_cfg.crop_size,
                   backend=data_cfg.backend, endpoint_url=data_cfg.s3_endpoint_url,
-                  log_name=log_name, seed=seed)
+                  log_name=log_name, seed=seed, flip=data_cfg.flip, flip_labels=mirrored)
     return ds.map_batches(decoder, fn_constructor_kwargs=kwargs, **decoder_pool(data_cfg, resources))
 
 

@@ -12,7 +12,13 @@ middle, so the distribution of a single frame is the same for the two classes of
 that averages frames over time (C2D) cannot tell them apart from appearance, a temporal one can.
 Frame sizes, aspect ratios, frame rates and durations vary per video like Kinetics (scaled down).
 
+The "longrange" set (``LONGRANGE_SPEC``) asks for a relation across space and time instead: two small
+squares on opposite sides of the frame; square A moves (right, left, down or up) early in the video,
+square B, far away, starts moving 14-20 frames after A did; the class says whether B repeats A's
+direction (``LONGRANGE_CLASSES``). No single frame, and no single place, holds the answer.
+
     python jobs/make_synthetic.py --out s3://bucket/synthetic --classes 6 --per-class 24
+    python jobs/make_synthetic.py --out /data/longrange --preset longrange
 """
 from __future__ import annotations
 
@@ -35,17 +41,57 @@ from nlray.data.transcode import encode_h264
 # Motion classes; pairs (left/right, ...) are mirror images in time of each other.
 CLASSES = ("moving_left", "moving_right", "moving_up", "moving_down", "growing", "shrinking",
            "rotating_clockwise", "rotating_counterclockwise", "flickering_slow", "flickering_fast")
+# Pairs of CLASSES that a left-right mirror swaps: the data.flip_label_map of a set of motion classes.
+FLIP_LABEL_MAP = (("moving_left", "moving_right"), ("rotating_clockwise", "rotating_counterclockwise"))
+# The longrange set's classes: does B's later, far-away motion repeat A's direction? A mirror turns both
+# motions alike, so the class survives a flip: no flip label pairs.
+LONGRANGE_CLASSES = ("same_direction", "different_direction")
+LONGRANGE_FLIP_LABEL_MAP: tuple = ()
 SPLIT_DIRS = {"train": "train", "validate": "val"}  # CSV split name -> folder
 GENERATOR_VERSION = 1  # bump when the rendering changes: the demo cache is keyed by it
 MARKER = "_COMPLETE.json"
 MIN_JOBS_FOR_POOL = 48  # starting spawned workers costs seconds: not worth it for tiny sets
 
 
+# Timing of the longrange videos, in frames.
+LONGRANGE_TIMING = {
+    "window": 32,  # frames a 16x2 clip spans: every such window of the video sees both motions
+    "move": 6,  # frames one motion lasts (3 frames of a stride-2 clip)
+    "a_jitter": 4,  # A starts moving 0..3 frames after the first frame every window holds
+    "pause": 8,  # still frames at least between the end of A's motion and the start of B's
+}
+
+
+def _relation_frame_range(num_frames: int) -> tuple[int, int]:
+    """(first, last) frame a motion may start from so that every clip window sees it whole: the still
+    frame before it and the frame it ends on lie in [num_frames - window, window - 2] (stride 2)."""
+    t = LONGRANGE_TIMING
+    return max(0, num_frames - t["window"]), t["window"] - 2 - t["move"]
+
+
+def relation_frame_limits() -> tuple[int, int]:
+    """(fewest, most) frames a longrange video may have: no looped clip, and room for A's motion, the
+    pause and B's motion inside every window."""
+    t = LONGRANGE_TIMING
+    _, last = _relation_frame_range(t["window"])
+    return t["window"], t["window"] + last - (t["a_jitter"] - 1) - t["move"] - t["pause"]
+
+
+def _check_relation_frames(spec: SyntheticSpec) -> None:
+    """ValueError unless every video of a longrange spec has a frame count ``relation_frame_limits`` allows."""
+    lo, hi = relation_frame_limits()
+    fewest = int(round(spec.duration_range[0] * min(spec.fps_choices)))
+    most = int(round(spec.duration_range[1] * max(spec.fps_choices)))
+    if fewest < lo or most > hi:
+        raise ValueError(f"duration_range={spec.duration_range!r}, fps_choices={spec.fps_choices!r} give "
+                         f"{fewest} to {most} frames a video; the longrange classes need {lo} to {hi}")
+
+
 @dataclass(frozen=True)
 class SyntheticSpec:
     """What to generate; every video is a pure function of (spec, split, index)."""
 
-    classes: tuple[str, ...] = CLASSES[:6]  # class names, each one of CLASSES
+    classes: tuple[str, ...] = CLASSES[:6]  # class names, all of CLASSES or all of LONGRANGE_CLASSES
     per_class: int = 24  # train videos per class
     val_per_class: int = 8  # validation videos per class
     width_range: tuple[int, int] = (96, 160)  # frame width, uniform (even)
@@ -57,9 +103,11 @@ class SyntheticSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        bad = [c for c in self.classes if c not in CLASSES]
+        family = LONGRANGE_CLASSES if self.classes and self.classes[0] in LONGRANGE_CLASSES else CLASSES
+        bad = [c for c in self.classes if c not in family]
         if bad or not self.classes or len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"classes={self.classes!r}: need distinct names from {list(CLASSES)}")
+            raise ValueError(f"classes={self.classes!r}: need distinct names, all from {list(CLASSES)} "
+                             f"or all from {list(LONGRANGE_CLASSES)}")
         if self.per_class < 1 or self.val_per_class < 0:
             raise ValueError(f"per_class={self.per_class}, val_per_class={self.val_per_class}: "
                              "need per_class >= 1 and val_per_class >= 0")
@@ -70,6 +118,8 @@ class SyntheticSpec:
             raise ValueError(f"duration_range={self.duration_range!r}: need 0.5 <= lo <= hi seconds")
         if not self.fps_choices or min(self.fps_choices) < 1 or self.gop < 1:
             raise ValueError(f"fps_choices={self.fps_choices!r}, gop={self.gop}: need positive values")
+        if family is LONGRANGE_CLASSES:
+            _check_relation_frames(self)
 
     def key(self) -> str:
         """A short hash naming this spec (and the generator version) in caches."""
@@ -82,7 +132,13 @@ DEMO_SPEC = SyntheticSpec(per_class=40, val_per_class=10)
 # For tests: 4 classes (both translation pairs) x (2 train + 1 val), small and short.
 TINY_SPEC = SyntheticSpec(classes=CLASSES[:4], per_class=2, val_per_class=1, width_range=(64, 96),
                           duration_range=(2.7, 3.0), fps_choices=(24, 25, 30))
-SPECS = {"demo": DEMO_SPEC, "tiny": TINY_SPEC}  # data.synthetic -> spec (nlray.choices.SYNTHETIC_SETS)
+# The long-range relation set: 2 classes x (200 train + 50 val), square 80-96 px frames, 36 frames (25 fps)
+# so that every 16x2 clip (the demo preset's) sees both motions (LONGRANGE_TIMING).
+LONGRANGE_SPEC = SyntheticSpec(classes=LONGRANGE_CLASSES, per_class=200, val_per_class=50,
+                               width_range=(80, 96), aspects=(1.0,), fps_choices=(25,),
+                               duration_range=(1.44, 1.44))
+SPECS = {"demo": DEMO_SPEC, "tiny": TINY_SPEC,  # data.synthetic -> spec (nlray.choices.SYNTHETIC_SETS)
+         "longrange": LONGRANGE_SPEC}
 
 
 @dataclass(frozen=True)
@@ -195,6 +251,13 @@ def _trajectory(plan: VideoPlan, rng: np.random.Generator) -> dict[str, np.ndarr
 
 def render_video(plan: VideoPlan) -> np.ndarray:
     """The plan's frames, uint8 [T, H, W, 3] RGB."""
+    if plan.label in LONGRANGE_CLASSES:
+        return _render_relation(plan)
+    return _render_blob(plan)
+
+
+def _render_blob(plan: VideoPlan) -> np.ndarray:
+    """One textured blob moving as its motion class says, uint8 [T, H, W, 3]."""
     rng = np.random.default_rng(plan.seed)
     h, w = plan.height, plan.width
     background = _background(rng, h, w)
@@ -216,6 +279,88 @@ def render_video(plan: VideoPlan) -> np.ndarray:
         band = (np.sin(np.pi * stripes * u) > 0)[..., None]
         blob = np.where(band, colours[0], colours[1]) * path["bright"][t]
         out[t] = (255.0 * (alpha * blob + (1.0 - alpha) * background) + 0.5).astype(np.uint8)
+    return out
+
+
+# ------------------------------------------------------------------------- the longrange set
+
+# Layout of the longrange videos, as fractions of the (square) frame's side.
+LONGRANGE_GEOMETRY = {
+    "keep": (0.2, 0.8),  # every train crop keeps this band of a square frame (a 64 crop of <= 80 px)
+    "side": 0.11,  # side of an object (7 px at 64 px)
+    "travel": 0.12,  # one motion's length (8 px at 64 px, ~1.3 px a frame)
+    "apart": 0.3,  # the two paths' middles differ by this much in x or y at least: opposite sides or corners
+}
+DIRECTIONS = ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))  # (dx, dy), y down: right, left, down, up
+MAX_LAYOUT_TRIES = 1000  # ~7% of draws are far enough apart: 1000 misses in a row never happen
+
+
+def _relation_times(num_frames: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Last still frame before A's motion and before B's: A early, B at least ``pause`` frames later."""
+    t = LONGRANGE_TIMING
+    first, last = _relation_frame_range(num_frames)
+    start_a = first + int(rng.integers(0, t["a_jitter"]))
+    start_b = int(rng.integers(start_a + t["move"] + t["pause"], last + 1))
+    return start_a, start_b
+
+
+def _relation_middles(rng: np.random.Generator) -> np.ndarray:
+    """float64 [2, 2]: the middle (x, y) of A's and of B's path, in frame fractions, ``apart`` apart.
+
+    Drawn without looking at the directions: wherever an object moves from its middle, it stays whole
+    inside the kept square, and where the objects sit says nothing about how they will move.
+    """
+    g = LONGRANGE_GEOMETRY
+    reach = (g["side"] + g["travel"]) / 2  # from a path's middle to the far edge of the object
+    lo, hi = g["keep"][0] + reach, g["keep"][1] - reach
+    for _ in range(MAX_LAYOUT_TRIES):
+        middles = rng.uniform(lo, hi, size=(2, 2))  # (object, xy)
+        if np.abs(middles[0] - middles[1]).max() >= g["apart"]:
+            return middles
+    raise AssertionError(f"no layout {g['apart']} apart in {MAX_LAYOUT_TRIES} draws: {g}")
+
+
+def _relation_paths(plan: VideoPlan, rng: np.random.Generator) -> np.ndarray:
+    """float32 [2, T, 2]: centre (x, y) of objects A and B in every frame, in frame fractions."""
+    same = plan.label == "same_direction"
+    dir_a = int(rng.integers(4))
+    dir_b = dir_a if same else (dir_a + int(rng.integers(1, 4))) % 4  # one of the 3 others
+    middles = _relation_middles(rng)  # (2, 2)
+    starts = _relation_times(plan.num_frames, rng)
+    frames = np.arange(plan.num_frames, dtype=np.float64)
+    travel = LONGRANGE_GEOMETRY["travel"]
+    paths = np.empty((2, plan.num_frames, 2), np.float32)
+    for k, (d, t0) in enumerate(zip((dir_a, dir_b), starts)):
+        direction = np.asarray(DIRECTIONS[d])
+        done = np.clip((frames - t0) / LONGRANGE_TIMING["move"], 0.0, 1.0)  # (T,): 0 still .. 1 arrived
+        paths[k] = middles[k] + travel * (done[:, None] - 0.5) * direction  # (T, 2)
+    return paths
+
+
+def _square_alpha(xx: np.ndarray, yy: np.ndarray, centre: np.ndarray, side: float) -> np.ndarray:
+    """Coverage [H, W] of an axis-aligned square of ``side`` px at ``centre`` (px): 1 px soft edges,
+    so that sub-pixel steps show."""
+    ax = np.clip(side / 2 + 0.5 - np.abs(xx - centre[0]), 0.0, 1.0)
+    ay = np.clip(side / 2 + 0.5 - np.abs(yy - centre[1]), 0.0, 1.0)
+    return ax * ay
+
+
+def _render_relation(plan: VideoPlan) -> np.ndarray:
+    """Two bright squares on a darkened textured background moving as ``_relation_paths`` says."""
+    rng = np.random.default_rng(plan.seed)
+    h, w = plan.height, plan.width
+    background = 0.6 * _background(rng, h, w)  # <= ~0.6: the bright squares stand out
+    colours = rng.uniform(0.75, 1.0, size=(2, 3)).astype(np.float32)
+    paths = _relation_paths(plan, rng) * np.array([w, h], np.float32)  # (2, T, 2) in px
+    side = LONGRANGE_GEOMETRY["side"] * min(h, w)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = np.empty((plan.num_frames, h, w, 3), np.uint8)
+    for t in range(plan.num_frames):
+        frame = background
+        for k in range(2):
+            alpha = _square_alpha(xx, yy, paths[k, t], side)[..., None]  # (H, W, 1)
+            frame = alpha * colours[k] + (1.0 - alpha) * frame
+        out[t] = (255.0 * frame + 0.5).astype(np.uint8)
     return out
 
 

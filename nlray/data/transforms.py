@@ -1,10 +1,15 @@
 """Spatial transforms of uint8 clips [T, H, W, C] (PAPER.md "Training recipe", "Inference").
 
 Train: shorter side scaled to a random size in ``data.train_short_side``, a random ``crop_size``
-square crop, a horizontal flip with probability 1/2. The pipeline's decoder does the scale and the
-crop while decoding (a ``Crop``: the PyAV backend converts only the kept square to RGB) and then
-``random_flip``; ``short_side_scale`` / ``random_crop`` / ``train_crop_flip`` are the same steps
-on frames already decoded (the decord backend scales with ``short_side_scale``).
+square crop, a horizontal flip with probability 1/2 (``data.flip``). The pipeline's decoder does the
+scale and the crop while decoding (a ``Crop``: the PyAV backend converts only the kept square to RGB)
+and then ``flip_with_label``; ``short_side_scale`` / ``random_crop`` / ``train_crop_flip`` are the
+same steps on frames already decoded (the decord backend scales with ``short_side_scale``).
+
+A mirror changes what some classes mean (a mirrored "moving_left" clip is a "moving_right" clip):
+``flip_label_permutation`` turns ``data.flip_label_map``'s name pairs into label ids, and
+``flip_with_label`` gives a mirrored clip its partner's label.
+
 Eval: shorter side ``eval_short_side``, then ``num_crops`` squares of ``eval_crop_size`` spread
 evenly along the longer side (3: left/centre/right for landscape, top/centre/bottom for
 portrait; 1: centre).
@@ -18,7 +23,7 @@ training device, after the 4x smaller uint8 batch has travelled: ``normalize_on_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
@@ -26,7 +31,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Crop", "CropError", "scaled_size", "crop_origin", "even_box",
-           "short_side_scale", "random_crop", "random_flip", "train_crop_flip", "crop_corners",
+           "short_side_scale", "random_crop", "random_flip", "flip_label_permutation", "flip_with_label",
+           "train_crop_flip", "crop_corners",
            "spatial_crops", "normalize_on_device"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, RGB
@@ -127,6 +133,40 @@ def random_crop(frames: np.ndarray, *, size: int, rng: np.random.Generator) -> n
 def random_flip(frames: np.ndarray, *, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
     """Mirror left-right with probability ``p`` (a view, no copy)."""
     return frames[:, :, ::-1] if rng.random() < p else frames
+
+
+def flip_label_permutation(labels: Sequence[str], pairs: Sequence[Sequence[str]]) -> np.ndarray:
+    """int64 [len(labels)]: the label id of each class's mirror image (``pairs`` swapped, others kept).
+
+    ``labels``: class names, index = label id. ``pairs``: [a, b] name pairs that a left-right mirror
+    swaps (``data.flip_label_map``); ValueError naming an unknown or repeated name.
+    """
+    ids = {name: i for i, name in enumerate(labels)}
+    perm = np.arange(len(labels), dtype=np.int64)  # (num_labels,): identity
+    paired: set[str] = set()
+    for pair in pairs:
+        if len(pair) != 2 or pair[0] == pair[1]:
+            raise ValueError(f"flip label pair {list(pair)!r} must be two different label names [a, b]")
+        for name in pair:
+            if name not in ids:
+                raise ValueError(f"flip label pair {list(pair)!r}: {name!r} is not a label; "
+                                 f"labels: {list(labels)}")
+            if name in paired:  # a class has one mirror image: a second pair would be ambiguous
+                raise ValueError(f"flip label pair {list(pair)!r}: {name!r} is already in another pair")
+            paired.add(name)
+        a, b = ids[pair[0]], ids[pair[1]]
+        perm[a], perm[b] = b, a
+    return perm
+
+
+def flip_with_label(frames: np.ndarray, label: int, *, rng: np.random.Generator,
+                    permutation: Optional[np.ndarray] = None, p: float = 0.5) -> tuple[np.ndarray, int]:
+    """Mirror left-right with probability ``p``; a mirrored clip's label becomes ``permutation[label]``
+    (``flip_label_permutation``; None: labels unchanged; -1, unlabelled, stays). Frames: a view."""
+    if rng.random() >= p:
+        return frames, label
+    keep = permutation is None or label < 0
+    return frames[:, :, ::-1], (label if keep else int(permutation[label]))
 
 
 def train_crop_flip(frames: np.ndarray, *, size: int, rng: np.random.Generator) -> np.ndarray:

@@ -19,7 +19,7 @@ from nlray.data import resolve_dataset
 from nlray.data.pipeline import (bad_video_counts, bad_video_list, bad_video_log_name, build_train_dataset,
                                  has_split)
 from nlray.data import storage
-from nlray.data.synthetic import SPECS, ensure_dataset_at
+from nlray.data.synthetic import CLASSES, FLIP_LABEL_MAP, SPECS, ensure_dataset_at
 from nlray.models import build_model
 from nlray.secrets import redact
 from nlray.tracking import Run
@@ -58,6 +58,15 @@ def place_synthetic_set(cfg: Config) -> Config:
     return cfg
 
 
+def with_mirror_pairs(cfg: Config, labels: list[str]) -> Config:
+    """The synthetic sets' motion classes carry their own ``data.flip_label_map`` (a mirrored moving_left
+    clip is a moving_right clip) when none is given; other datasets get only the map the user gives."""
+    if cfg.data.flip_label_map or not set(labels) <= set(CLASSES):
+        return cfg
+    pairs = [list(p) for p in FLIP_LABEL_MAP if set(p) <= set(labels)]
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, flip_label_map=pairs))
+
+
 def make_trainer(cfg: Config, labels: list[str], run: Run, init_ref, train_ds) -> TorchTrainer:
     path, fs = checkpoint.storage(cfg)
     tcfg = cfg.train
@@ -86,6 +95,7 @@ def fit(cfg: Config) -> dict:
     df, labels = resolve_dataset(cfg.data)
     require_usable_videos(cfg, df)
     cfg = resolve_classes(cfg, labels)
+    cfg = with_mirror_pairs(cfg, labels)
     scaled, schedule = scaled_schedule(cfg.train, cfg.data.batch_size)
     cfg = dataclasses.replace(cfg, train=scaled)
     cfg.tracking.uri = tracking.resolve_uri(cfg.tracking.uri)  # workers run in other directories
@@ -95,7 +105,7 @@ def fit(cfg: Config) -> dict:
     try:
         init_ref = ray.put(init) if init is not None else None
         train_ds = build_train_dataset(df, cfg.data, run_name=cfg.name, seed=cfg.train.seed,
-                                       resources=raycluster.decoder_resources(cfg))
+                                       resources=raycluster.decoder_resources(cfg), labels=labels)
         run.set_tags({NO_DATA_TAG: ""})
         result = make_trainer(cfg, labels, run, init_ref, train_ds).fit()
         empty_epoch = run.tags().get(NO_DATA_TAG)
