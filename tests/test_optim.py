@@ -46,7 +46,8 @@ def test_bn_parameters_can_skip_weight_decay():
 def test_the_schedule_scales_to_the_papers_epochs_on_fewer_workers_only_when_asked():
     from nlray.config import load_config
     from nlray.train.optim import scaled_schedule
-    t = load_config("nl_i3d_r50_32f", ["train.num_workers=2", "data.batch_size=8"]).train  # 16 clips a step
+    t = load_config("nl_i3d_r50_32f", ["train.num_workers=2", "data.batch_size=8",  # 16 clips a step
+                                       "train.scale_schedule=false"]).train
     same, params = scaled_schedule(t, 8)
     assert (same.steps, same.lr_milestones) == (400_000, [150_000, 300_000]) and params["actual.lr"] == 0.0025
     t.scale_schedule = True
