@@ -116,7 +116,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 20
     precise_bn_batches: int = 0  # >0: recompute BN statistics over this many batches per worker (averaged
-    #   over workers) before the final checkpoint and evaluation (released code and PySlowFast: 200)
+    #   over workers) before the final checkpoint and evaluation (released code and PySlowFast: 200); with
+    #   freeze_bn, before fine-tuning instead: the frozen statistics are then those of the long clips
     scale_schedule: bool = False  # true: steps and lr milestones are for a global batch of base_batch clips and
     #   scale by base_batch / actual global batch, so a run on fewer workers sees the paper's epochs
     val_num_clips: int = 0  # clips per video of the validation after training; 0 = data.eval_num_clips

@@ -38,3 +38,12 @@ def test_the_first_layer_gets_the_mean_and_variance_over_all_batches_and_frozen_
     torch.testing.assert_close(model.bn1.running_mean, y.mean((0, 2, 3, 4)), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model.bn1.running_var, y.var((0, 2, 3, 4), unbiased=False), rtol=1e-4, atol=1e-5)
     assert type(model.bn1).forward is model.bn1.forward.__func__  # the class's forward is back
+
+
+def test_frozen_bn_gets_its_statistics_before_fine_tuning_and_the_final_checkpoint_waits_only_otherwise():
+    from nlray.train.loop import precise_at_end, save_due
+    short = load_config("demo", ["train.precise_bn_batches=20", "train.steps=100", "train.checkpoint_every=50"]).train
+    long = load_config("demo_128f", ["train.precise_bn_batches=20", "train.steps=100"]).train
+    assert precise_at_end(short) and not precise_at_end(long)
+    assert [save_due(short, s) for s in (50, 100)] == [True, False]  # the final one after the statistics
+    assert [save_due(long, s) for s in (50, 100)] == [True, True]

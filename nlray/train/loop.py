@@ -181,6 +181,8 @@ def train_func(config: dict) -> None:
     state dict or None)."""
     loop, step, epoch = setup(config)
     shard = ray.train.get_dataset_shard("train")
+    if step == 0 and loop.cfg.train.freeze_bn and loop.cfg.train.precise_bn_batches:
+        precise_bn(loop, shard, step)  # the frozen statistics: of these clips, not of the ones before
     last_saved = step
     while step < loop.cfg.train.steps:
         step, batches, last_saved = train_epoch(loop, shard, step, epoch, last_saved)
@@ -190,7 +192,7 @@ def train_func(config: dict) -> None:
             return
         epoch += 1
     if last_saved != step:  # the final checkpoint (or resumed at or past the end: report once)
-        if loop.cfg.train.precise_bn_batches:
+        if precise_at_end(loop.cfg.train):
             precise_bn(loop, shard, step)
         save(loop, step, epoch)
 
@@ -257,17 +259,24 @@ def train_epoch(loop: Loop, shard, step: int, epoch: int, last_saved: int) -> tu
     return step, batches, last_saved
 
 
+def precise_at_end(tcfg) -> bool:
+    """Precise BN runs after training, on the final weights; with frozen BN (long clips) it runs before
+    fine-tuning instead: the weights then adapt to the statistics of the clips they train on, and
+    statistics recomputed after that would no longer match them."""
+    return bool(tcfg.precise_bn_batches) and not tcfg.freeze_bn
+
+
 def save_due(tcfg, step: int) -> bool:
-    """A checkpoint every ``checkpoint_every`` steps and at the end; with precise BN the final one waits
-    for the statistics (train_func)."""
+    """A checkpoint every ``checkpoint_every`` steps and at the end; with precise BN at the end the final
+    one waits for the statistics (train_func)."""
     if step == tcfg.steps:
-        return not tcfg.precise_bn_batches
+        return not precise_at_end(tcfg)
     return step % tcfg.checkpoint_every == 0
 
 
 def precise_bn(loop: Loop, shard, step: int) -> None:
-    """Recompute BN statistics over ``train.precise_bn_batches`` batches a worker (one more pass of the
-    training data, the final weights fixed) before the final checkpoint; the count used goes to MLflow."""
+    """Recompute BN statistics over ``train.precise_bn_batches`` batches a worker (one pass of the training
+    data, the weights fixed); the count used goes to MLflow at ``step``."""
     bare = loop.model.module if hasattr(loop.model, "module") else loop.model
     it = shard.iter_torch_batches(batch_size=loop.cfg.data.batch_size, collate_fn=pick_video_label,
                                   drop_last=True, prefetch_batches=2)
@@ -275,7 +284,7 @@ def precise_bn(loop: Loop, shard, step: int) -> None:
               for b, _ in synced_batches(it, loop.device))
     with torch.autocast(device_type=loop.device.type, dtype=torch.bfloat16, enabled=loop.bf16):
         used = update_bn_stats(bare, inputs, max_batches=loop.cfg.train.precise_bn_batches)
-    if ray.train.get_context().get_world_rank() == 0 and step > loop.logged_upto:
+    if ray.train.get_context().get_world_rank() == 0 and (step > loop.logged_upto or step == 0):
         loop.run.log_metrics({"train/precise_bn_batches": used}, step)
 
 

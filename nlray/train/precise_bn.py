@@ -2,8 +2,9 @@
 
 Training leaves an exponential moving average of batch statistics taken while the weights were still
 moving; the released Caffe2 code (``COMPUTE_PRECISE_BN``) and PySlowFast (``BN.USE_PRECISE_STATS``)
-replace it before a checkpoint is evaluated. For a long-clip stage, whose BN layers are frozen during
-training, it also measures the statistics of the clips the model now sees (128×1 instead of 32×2).
+replace it before a checkpoint is evaluated. A long-clip stage, whose BN layers are frozen during
+training, runs it before fine-tuning (``nlray.train.loop.precise_at_end``): the frozen statistics are then
+those of the clips the model now sees (128×1 instead of 32×2), and the weights adapt to them.
 
 During the passes each BN layer, frozen or not, normalises by its batch's own statistics (as BN does in
 training) and adds them up; the result is the average over batches and workers:
