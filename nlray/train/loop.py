@@ -234,12 +234,16 @@ def note_start(run: Run, step: int, skipped: list[str]) -> int:
     return logged
 
 
+def epoch_batches(loop: Loop, shard):
+    """One pass over this worker's shard as torch batches (uint8 clips, labels, training rows)."""
+    return shard.iter_torch_batches(batch_size=loop.cfg.data.batch_size, collate_fn=pick_video_label,
+                                    drop_last=True, prefetch_batches=2)
+
+
 def train_epoch(loop: Loop, shard, step: int, epoch: int, last_saved: int) -> tuple[int, int, int]:
     """One pass over this worker's shard: (step, batches seen, last step saved)."""
     tcfg, batches, seen = loop.cfg.train, 0, []
-    it = shard.iter_torch_batches(batch_size=loop.cfg.data.batch_size, collate_fn=pick_video_label,
-                                  drop_last=True, prefetch_batches=2)
-    for batch, waited in synced_batches(it, loop.device):
+    for batch, waited in synced_batches(epoch_batches(loop, shard), loop.device):
         batches += 1
         seen.append(batch["video_idx"])
         if not micro_step(loop, batch, waited):
@@ -278,10 +282,8 @@ def precise_bn(loop: Loop, shard, step: int) -> None:
     """Recompute BN statistics over ``train.precise_bn_batches`` batches a worker (one pass of the training
     data, the weights fixed); the count used goes to MLflow at ``step``."""
     bare = loop.model.module if hasattr(loop.model, "module") else loop.model
-    it = shard.iter_torch_batches(batch_size=loop.cfg.data.batch_size, collate_fn=pick_video_label,
-                                  drop_last=True, prefetch_batches=2)
     inputs = (normalize_on_device(b["video"].to(loop.device), dtype=torch.float32)  # (B, C, T, H, W)
-              for b, _ in synced_batches(it, loop.device))
+              for b, _ in synced_batches(epoch_batches(loop, shard), loop.device))
     with torch.autocast(device_type=loop.device.type, dtype=torch.bfloat16, enabled=loop.bf16):
         used = update_bn_stats(bare, inputs, max_batches=loop.cfg.train.precise_bn_batches)
     if ray.train.get_context().get_world_rank() == 0 and (step > loop.logged_upto or step == 0):
