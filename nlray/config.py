@@ -11,6 +11,7 @@ translates the ``model`` section into keyword arguments.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -195,13 +196,28 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+def preset_summaries() -> dict[str, str]:
+    """Preset name -> the first line of its header comment (what it is, and the paper's figure)."""
+    out = {}
+    for name in preset_names():
+        first = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()[:1]
+        out[name] = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+    return out
+
+
+def closest(word: str, candidates: list[str]) -> str:
+    """`` Did you mean 'x'?`` for the nearest candidate to a mistyped name, else ''."""
+    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
 def _read_preset(name_or_path: str) -> dict:
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = PRESET_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown preset {name_or_path!r}; presets: {', '.join(preset_names())} "
-                          "(or a path to a .yaml file)")
+        raise ConfigError(f"unknown preset {name_or_path!r}.{closest(name_or_path, preset_names())} Presets: "
+                          f"{', '.join(preset_names())} (or a path to a .yaml file)")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

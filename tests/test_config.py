@@ -56,6 +56,19 @@ def test_unknown_preset_lists_presets():
         load_config("nl_i3d_r50_64f")
 
 
+@pytest.mark.parametrize("typo, meant", [("nl_i3d_r50_32", "nl_i3d_r50_32f"), ("dmeo", "demo"),
+                                         ("i3d_r101_128", "i3d_r101_128f"), ("caffe", "caffe2")])
+def test_a_mistyped_preset_suggests_the_closest_name(typo, meant):
+    with pytest.raises(ConfigError, match=f"Did you mean '{meant}'"):
+        load_config(f"demo,{typo}" if meant == "caffe2" else typo)
+
+
+def test_a_name_like_no_preset_suggests_nothing():
+    with pytest.raises(ConfigError) as err:
+        load_config("kinetics")
+    assert "Did you mean" not in str(err.value) and "Presets:" in str(err.value)
+
+
 def test_yaml_round_trip_and_flatten():
     cfg = load_config("nl_i3d_r50_128f", ["name=x"])
     assert from_yaml(to_yaml(cfg)) == cfg

@@ -7,12 +7,17 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from nlray.config import Config, ConfigError, load_config, preset_names, validate
+from nlray.config import Config, ConfigError, get, load_config, preset_summaries, validate
+
+# The overrides most runs set, shown with the default preset's values in --help.
+COMMON_OVERRIDES = ("train.steps", "train.num_workers", "train.use_gpu", "data.batch_size", "train.base_lr",
+                    "data.decode_actors", "train.checkpoint_every", "train.storage_path", "tracking.uri",
+                    "tracking.experiment", "cluster.address")
 
 
 def parser(description: str, default_preset: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="presets: " + ", ".join(preset_names()))
+                                epilog=help_epilog(default_preset))
     p.add_argument("--config", default=default_preset, help=f"preset name or YAML path (default {default_preset})")
     p.add_argument("--data", default=None, help="dataset root in the official Kinetics layout, or a manifest "
                    ".parquet; local path, file:// or s3:// (default: the synthetic demo set)")
@@ -21,6 +26,19 @@ def parser(description: str, default_preset: str) -> argparse.ArgumentParser:
                    "directory / model.pt (local or s3://) to initialise from")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.steps=1000")
     return p
+
+
+def help_epilog(default_preset: str) -> str:
+    """--help's tail: every preset with its one-line summary, then the common overrides and their defaults."""
+    presets = "\n".join(f"  {name:<26} {summary}" for name, summary in preset_summaries().items())
+    try:
+        cfg = load_config(default_preset)
+        common = "\n".join(f"  {key}={get(cfg, key)!r}" for key in COMMON_OVERRIDES)
+    except ConfigError as e:  # e.g. a bad NLRAY_* variable: --help still shows the presets
+        common = f"  (defaults unavailable: {e})"
+    return (f"presets (--config NAME, or NAME,OVERLAY: e.g. nl_i3d_r50_32f,caffe2):\n{presets}\n\n"
+            f"common overrides, with the {default_preset} preset's values (any key of nlray/config.py's "
+            f"dataclasses works, as section.key=value):\n{common}")
 
 
 def to_config(args: argparse.Namespace) -> Config:
