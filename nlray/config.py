@@ -135,6 +135,7 @@ class TrackingConfig:
     registered_model_name: str = ""  # register the final model under this name when set
     parent_run: str = ""  # MLflow run id: this run is its child (jobs/ablate.py: one parent per table)
     tags: Dict[str, str] = field(default_factory=dict)  # extra MLflow tags (ablation row and seed)
+    system_metrics_interval_s: float = 10.0  # CPU, memory, GPU of each training node into the run; 0 = off
 
 
 @dataclass
@@ -187,7 +188,7 @@ POSITIVE = ("data.frames", "data.frame_stride", "data.crop_size", "data.eval_sho
 NON_NEGATIVE = ("data.decode_actors_max", "data.decode_cpus", "train.cpus_per_worker", "train.warmup_steps",
                 "train.global_batch", "train.weight_decay", "train.val_num_clips", "train.val_num_crops",
                 "train.seed", "cluster.num_cpus", "train.precise_bn_batches", "model.nl_init_std",
-                "model.fc_init_std")  # numpy refuses negative seeds; 0 CPUs is Ray's "none"
+                "model.fc_init_std", "tracking.system_metrics_interval_s")  # numpy refuses negative seeds; 0 CPUs is Ray's "none"
 # A run name is a folder (Ray Train storage), an MLflow tag inside a quoted search filter, a Ray Data name.
 NAME_PATTERN = re.compile(r"\w[\w.-]{0,127}")
 

@@ -8,11 +8,17 @@ import ray
 
 from nlray.config import Config, ConfigError
 from nlray.secrets import redact
+from nlray.servers import free_port
 
 TRAIN_RESOURCE = "nlray_train"  # carried by the GPU (training) node types of cluster/*.yaml
 DECODE_RESOURCE = "nlray_decode"  # carried by the CPU-only decode node types
 JOB_WORKING_DIRS = os.path.join("runtime_resources", "working_dir_files")  # Ray's cache of --working-dir
 REMOTE_TRACKING = ("http://", "https://", "databricks", "postgresql", "mysql", "mssql")
+# A local Ray starts at most min(cores, CPUs) worker processes at once and its raylet warns each time
+# 4x, 5x, ... that many exist. A run has more by design (2 Ray Train workers, their controller, decoder and
+# scorer actors, Ray Data's and Ray Train's helper actors): on 2 cores the warning came at 8 processes.
+# With 8, it comes at 32 (a cluster's nodes keep what `ray start` gives them).
+LOCAL_STARTUP_CONCURRENCY = 8
 
 
 def connect(address: str = "", num_cpus: int = 0) -> None:
@@ -27,8 +33,21 @@ def connect(address: str = "", num_cpus: int = 0) -> None:
     elif os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(num_cpus=num_cpus or None)
+        start_local(num_cpus)
     leave_job_working_dir()
+
+
+def start_local(num_cpus: int = 0) -> None:
+    """A local Ray whose processes reach its own State API (dashboard) by address.
+
+    Ray Train's PlacementGroupCleaner polls the State API with no address; it then looks for the Ray of
+    its machine, and where another Ray runs there too (tests, a second job) it fails ("Found multiple
+    active Ray instances") and stops watching. RAY_API_SERVER_ADDRESS names ours.
+    """
+    port = free_port()  # the dashboard's, known before it starts
+    ray.init(num_cpus=num_cpus or None, dashboard_port=port,
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+             _system_config={"worker_maximum_startup_concurrency": LOCAL_STARTUP_CONCURRENCY})
 
 
 def leave_job_working_dir() -> None:

@@ -1,23 +1,33 @@
 """Everything MLflow: one run per training run (found again by name on resume), params, metrics, artifacts.
 
-    run, resumed = start_or_resume_run(cfg, labels)   # on the driver
+    run, resumed = start_or_resume_run(cfg, labels, dataset=manifest_dataset(df, labels, name=..., source=...))
     run.log_metrics({"train/loss": 1.2}, step=20)      # anywhere: a Run is two strings, so it pickles
+    with run.system_metrics("worker0", interval_s=10):  # CPU, memory, disk, network, GPU: system/worker0/...
+        ...
     run.end()                                          # FINISHED (or end("FAILED"))
 
-The driver creates or finds the run and logs what it knows (params, config, label map, the final model,
-plots); the rank-0 worker logs step metrics into the same run through the handle it was given in
-``train_loop_config``. No other module imports mlflow.
+The driver creates or finds the run and logs what it knows (params, config, label map, the dataset as an
+MLflow input, where the run came from, the final model, plots); the rank-0 worker logs step metrics into
+the same run through the handle it was given in ``train_loop_config``. No other module imports mlflow.
 """
 from __future__ import annotations
 
+import contextlib
+import csv
 import functools
+import hashlib
+import io
+import json
+import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import ray
@@ -34,6 +44,14 @@ KEY_SETTINGS = {"backbone": "model.arch", "depth": "model.depth", "nonlocal_bloc
                 "frames": "data.frames", "frame_stride": "data.frame_stride"}
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 TEXT_MAX_BYTES = 1 << 20  # files of a logged folder up to this size are read as text and redacted (config.yaml)
+PROJECT_DIR = Path(nlray.__file__).resolve().parents[1]  # a git checkout, or a ray job's unpacked working dir
+# Ray's job supervisor sets this in the driver of a `ray job submit` (ray._private.runtime_env.constants).
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+DATASET_CONTEXT = ("mlflow.data.context", "training")  # the input tag that fills the runs table's Dataset column
+# MLflow 3's UI opens an experiment of no kind on its GenAI pages (traces, evaluations); a training
+# experiment opens on the runs table, charts and Compare
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+CONFUSION_TICKS_MAX = 60  # more classes than this: no class names on the confusion plot's axes
 
 
 def resolve_uri(uri: str) -> str:
@@ -96,6 +114,41 @@ class Run:
     def end(self, status: str = "FINISHED") -> None:
         _client(self.uri).set_terminated(self.id, status=status)
 
+    def record(self) -> "RunRecord":
+        """What the tracking store holds on this run: name, status, params, tags, latest metrics."""
+        got = _client(self.uri).get_run(self.id)
+        return RunRecord(self, got.info.run_name or "", got.info.status, got.info.start_time or 0,
+                         dict(got.data.params), dict(got.data.tags), dict(got.data.metrics))
+
+    @contextlib.contextmanager
+    def system_metrics(self, node_id: Optional[str], interval_s: float) -> Iterator[None]:
+        """While the block runs, MLflow's monitor samples CPU, memory, disk, network (and NVIDIA GPUs, with
+        nvidia-ml-py) every ``interval_s`` seconds into this run as ``system/<node_id>/...``; 0 = off."""
+        if interval_s < 0:
+            raise ValueError(f"interval_s={interval_s}: the sampling interval must be >= 0 seconds (0 = off)")
+        if interval_s == 0:
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        # resume_logging: a resumed run's samples continue after its last system step instead of overwriting
+        monitor = SystemMetricsMonitor(self.id, sampling_interval=interval_s, resume_logging=True,
+                                       node_id=node_id or None, tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()  # stops the sampling thread and flushes what it has not logged yet
+
+    def log_dataset(self, dataset: "DatasetInfo") -> None:
+        """The training set as this run's MLflow input (the runs table's Dataset column)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        entity = Dataset(name=dataset.name, digest=dataset.digest, source_type=dataset.source_type(),
+                         source=json.dumps({"uri": dataset.source}), schema=json.dumps(MANIFEST_SCHEMA),
+                         profile=json.dumps(dataset.profile()))
+        _client(self.uri).log_inputs(self.id, datasets=[DatasetInput(entity, [InputTag(*DATASET_CONTEXT)])])
+
     def metric_history(self, key: str) -> list[tuple[int, float]]:
         """[(step, value), ...] of one metric, by step."""
         return sorted((m.step, m.value) for m in _client(self.uri).get_metric_history(self.id, key))
@@ -120,6 +173,80 @@ class Run:
                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "nlray"])
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as read back from the tracking store (jobs/compare.py)."""
+
+    run: Run
+    name: str
+    status: str
+    start_time: int  # ms since the epoch
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]  # the latest value of each
+
+
+# The manifest columns the digest covers, as MLflow's column spec (Schema.to_dict()) under "mlflow_colspec".
+MANIFEST_SCHEMA = {"mlflow_colspec": [{"type": "string", "name": c, "required": True}
+                                      for c in ("uri", "label", "split")]}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset as an MLflow input: its name, where it is (redacted), a digest of its manifest, its size."""
+
+    name: str
+    source: str
+    digest: str
+    videos: dict[str, int] = field(default_factory=dict)  # split -> videos
+    num_classes: int = 0
+
+    def source_type(self) -> str:
+        return self.source.split("://", 1)[0] if "://" in self.source else "local"
+
+    def profile(self) -> dict[str, int]:
+        return {"videos": sum(self.videos.values()), **{f"videos_{k}": v for k, v in self.videos.items()},
+                "num_classes": self.num_classes}
+
+
+def manifest_dataset(df, labels: list[str], *, name: str, source: str) -> DatasetInfo:
+    """``df`` (a manifest: uri, label, split columns) as a DatasetInfo; the digest is a SHA-256 of its sorted
+    (uri, label, split) rows, so it changes when a video, a label or a split does, and not with row order."""
+    missing = [c for c in ("uri", "label", "split") if c not in df.columns]
+    if missing:
+        raise ValueError(f"manifest lacks columns {missing}: the dataset digest needs uri, label and split")
+    rows = sorted(zip(df["uri"].astype(str), df["label"].astype(str), df["split"].astype(str)))
+    digest = hashlib.sha256("".join(f"{u}\t{y}\t{s}\n" for u, y, s in rows).encode()).hexdigest()[:16]
+    videos = {str(k): int(v) for k, v in sorted(df["split"].astype(str).value_counts().items())}
+    return DatasetInfo(name, redact(source), digest, videos, len(labels))
+
+
+def source_tags() -> dict[str, str]:
+    """Where a run came from: the entry point, JOB (ray job submit) or LOCAL, git commit, nlray's version."""
+    tags = {"mlflow.source.name": entry_point(sys.argv[0]),
+            "mlflow.source.type": "JOB" if os.environ.get(RAY_JOB_ENV) else "LOCAL",
+            "nlray.version": nlray.__version__}
+    commit = git_commit(PROJECT_DIR)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def entry_point(argv0: str) -> str:
+    """The driver script relative to the project (``jobs/train.py``), or its file name when outside it."""
+    path = Path(argv0).resolve()
+    return path.relative_to(PROJECT_DIR).as_posix() if path.is_relative_to(PROJECT_DIR) else path.name
+
+
+def git_commit(folder: Path) -> str:
+    """HEAD of the git checkout holding ``folder``; "" without one (a ray job's working dir has no .git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):  # no git, or it hung
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
 def versions() -> dict[str, str]:
     return {"version.nlray": nlray.__version__, "version.ray": ray.__version__,
             "version.torch": torch.__version__, "version.python": platform.python_version()}
@@ -136,8 +263,10 @@ def find_run(cfg: Config) -> Optional[Run]:
     return Run(runs[0].info.run_id, uri) if runs else None
 
 
-def start_or_resume_run(cfg: Config, labels: list[str], extra_params: dict | None = None) -> tuple[Run, bool]:
-    """(run, resumed): a new run, or the earlier run of the same name set back to RUNNING."""
+def start_or_resume_run(cfg: Config, labels: list[str], extra_params: dict | None = None,
+                        dataset: Optional[DatasetInfo] = None) -> tuple[Run, bool]:
+    """(run, resumed): a new run (with its source tags, and ``dataset`` as its input), or the earlier run of
+    the same name set back to RUNNING."""
     run = find_run(cfg)
     if run is not None:
         _client(run.uri).update_run(run.id, status="RUNNING")
@@ -145,15 +274,38 @@ def start_or_resume_run(cfg: Config, labels: list[str], extra_params: dict | Non
     uri = resolve_uri(cfg.tracking.uri)
     exp = _client(uri).get_experiment_by_name(cfg.tracking.experiment)
     exp_id = exp.experiment_id if exp else _client(uri).create_experiment(cfg.tracking.experiment)
+    if exp is None or EXPERIMENT_KIND[0] not in exp.tags:  # not one a user has set another kind on
+        _client(uri).set_experiment_tag(exp_id, *EXPERIMENT_KIND)
     tags = {NAME_TAG: cfg.name, **{k: redact(str(get(cfg, v))) for k, v in KEY_SETTINGS.items()},
-            **{k: redact(str(v)) for k, v in cfg.tracking.tags.items()}}
+            **source_tags(), **{k: redact(str(v)) for k, v in cfg.tracking.tags.items()}}
     if cfg.tracking.parent_run:  # a child run: the MLflow UI nests it under its parent
         tags["mlflow.parentRunId"] = cfg.tracking.parent_run
     run = Run(_client(uri).create_run(exp_id, run_name=cfg.name, tags=tags).info.run_id, uri)
     run.log_params({**flatten(cfg), **versions(), "num_classes": len(labels), **(extra_params or {})})
     run.log_text(to_yaml(cfg), "config.yaml")
     run.log_text("\n".join(labels) + "\n", "labels.txt")
+    if dataset is not None:
+        run.log_dataset(dataset)
     return run, False
+
+
+def lookup_run(uri: str, ref: str) -> Optional[Run]:
+    """The run with id ``ref``, else the newest run named ``ref`` (its nlray.name tag or its MLflow run name)
+    in any active experiment; None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    try:
+        return Run(client.get_run(ref.removeprefix("runs:/").strip("/")).info.run_id, uri)
+    except MlflowException:  # not an id of this store: try it as a name
+        pass
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    quoted = ref.replace("'", "\\'")
+    found = [r for f in (f"tags.`{NAME_TAG}` = '{quoted}'", f"attributes.run_name = '{quoted}'")
+             for r in client.search_runs(exp_ids, filter_string=f, order_by=["attributes.start_time DESC"],
+                                         max_results=1)] if exp_ids else []
+    newest = max(found, key=lambda r: r.info.start_time or 0, default=None)
+    return Run(newest.info.run_id, uri) if newest else None
 
 
 def _redacted_tree(src: Path, tmp: Path) -> Path:
@@ -192,22 +344,56 @@ def learning_curve_png(run: Run, keys: Iterable[str], out: Path) -> Path:
 
 
 def confusion_png(confusion: np.ndarray, labels: list[str], out: Path) -> Path:
-    """Per-class accuracy bars beside the (row-normalised) confusion matrix."""
+    """Per-class accuracy bars beside the (row-normalised) confusion matrix: class names on both axes (up to
+    CONFUSION_TICKS_MAX classes), a colour bar for the share of each true class."""
     plt = _pyplot()
     rows = confusion.sum(1, keepdims=True).clip(min=1)
     norm = confusion / rows  # (K, K), rows sum to 1
     k = len(labels)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(min(4 + 0.3 * k, 30), min(3 + 0.25 * k, 30)))
+    names = labels if k <= CONFUSION_TICKS_MAX else [""] * k
+    fig, (a, b) = plt.subplots(1, 2, figsize=(min(6 + 0.45 * k, 30), min(4 + 0.3 * k, 30)),
+                               gridspec_kw={"width_ratios": [1, 2]})
     a.barh(range(k), np.diag(norm))
-    a.set_yticks(range(k), labels if k <= 60 else [""] * k)
+    a.set_yticks(range(k), names)
+    a.invert_yaxis()  # class 0 on top, as in the matrix beside it
     a.set_xlim(0, 1)
     a.set_title("per-class video top-1")
-    b.imshow(norm, vmin=0, vmax=1, cmap="viridis")
-    b.set_title("confusion (rows: true)")
+    image = b.imshow(norm, vmin=0, vmax=1, cmap="viridis")
+    b.set_xticks(range(k), names, rotation=90)
+    b.set_yticks(range(k), names)
+    b.set_xlabel("predicted")
+    b.set_ylabel("true")
+    b.set_title("confusion (share of each true class)")
+    fig.colorbar(image, ax=b, fraction=0.046, pad=0.04)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+PER_CLASS_COLUMNS = ("class", "videos", "correct", "top1", "most_confused_with", "share")
+
+
+def per_class_accuracy_csv(confusion: np.ndarray, labels: list[str]) -> str:
+    """One row a class, weakest first: its videos, those right, top-1, the class most often predicted instead
+    and the share of its videos that went there (rows of ``confusion``: true class, columns: predicted)."""
+    if confusion.shape != (len(labels), len(labels)):
+        raise ValueError(f"confusion of shape {confusion.shape} does not match {len(labels)} labels")
+    rows = []
+    for i, name in enumerate(labels):
+        videos, correct = int(confusion[i].sum()), int(confusion[i, i])
+        wrong = confusion[i].copy()
+        wrong[i] = 0  # only the other classes
+        j = int(np.argmax(wrong))
+        confused = (labels[j], f"{wrong[j] / videos:.4f}") if wrong[j] > 0 else ("", "0.0000")
+        top1 = correct / videos if videos else float("nan")
+        rows.append((name, videos, correct, top1, *confused))
+    rows.sort(key=lambda r: (r[1] == 0, r[3] if r[1] else 0.0, r[0]))  # classes without videos last
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(PER_CLASS_COLUMNS)
+    writer.writerows((n, v, c, f"{t:.4f}" if v else "", m, sh) for n, v, c, t, m, sh in rows)
+    return out.getvalue()
 
 
 def _pyplot():

@@ -18,6 +18,7 @@ import boto3
 import pytest
 from mlflow.tracking import MlflowClient
 
+from console import assert_console, strict_warnings
 from nlray.local_cluster import RAY, start_autoscaling_cluster, start_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,11 +57,12 @@ def api(cluster, path: str) -> dict:
         return json.load(r)
 
 
-def start_job(cluster, *args: str) -> str:
+def start_job(cluster, *args: str, env_vars: dict[str, str] | None = None) -> str:
     """`ray job submit --working-dir . --no-wait -- python ARGS`: the submission id."""
     sub = f"t{time.time_ns()}"
+    runtime_env = ["--runtime-env-json", json.dumps({"env_vars": env_vars})] if env_vars else []
     cmd = [str(RAY), "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(ROOT),
-           "--submission-id", sub, "--no-wait", "--", sys.executable, *args]
+           *runtime_env, "--submission-id", sub, "--no-wait", "--", sys.executable, *args]
     out = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     return sub
@@ -74,10 +76,11 @@ def wait_job(cluster, sub: str, timeout: float = 600) -> str:
     return status
 
 
-def submit(cluster, *args: str, timeout: float = 600) -> tuple[str, str, str, float]:
+def submit(cluster, *args: str, timeout: float = 600,
+           env_vars: dict[str, str] | None = None) -> tuple[str, str, str, float]:
     """`ray job submit --working-dir .` then wait: (submission id, final status, logs, seconds)."""
     t0 = time.monotonic()
-    sub = start_job(cluster, *args)
+    sub = start_job(cluster, *args, env_vars=env_vars)
     status = wait_job(cluster, sub, timeout)
     return sub, status, api(cluster, f"/api/jobs/{sub}/logs")["logs"], time.monotonic() - t0
 
@@ -93,9 +96,13 @@ def node_with(nodes: list[dict], resource: str) -> str:
 
 
 def test_the_embedded_default_runs_as_a_submitted_job_across_nodes(cluster, mlflow_server, s3_endpoint):
-    sub, status, logs, seconds = submit(cluster, "jobs/train_longclip.py", "--demo", *TINY_DEMO)
+    # a warning that one of nlray's modules causes is an error, on the driver and every worker of the job
+    sub, status, logs, seconds = submit(cluster, "jobs/train_longclip.py", "--demo", *TINY_DEMO,
+                                        "tracking.system_metrics_interval_s=1",
+                                        env_vars={"PYTHONWARNINGS": strict_warnings()})
     assert status == "SUCCEEDED", logs[-5000:]
     print(f"\nembedded default (tiny) through the Jobs API: {seconds:.1f}s")
+    assert_console(logs, stages=2, steps=4, log_every=2)
 
     nodes = cluster.nodes()
     train_node, decode_node = node_with(nodes, "nlray_train"), node_with(nodes, "nlray_decode")
@@ -117,6 +124,13 @@ def test_the_embedded_default_runs_as_a_submitted_job_across_nodes(cluster, mlfl
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "checkpoint", "plots"} <= arts
         assert run.data.params["train.storage_path"] == f"s3://{BUCKET}/results"
+        # what the MLflow UI's runs table shows: the dataset, where the run came from, the train node's use
+        (data,) = run.inputs.dataset_inputs
+        assert data.dataset.name == "synthetic-tiny" and data.dataset.source_type == "s3"
+        assert json.loads(data.dataset.profile)["num_classes"] == 4
+        assert run.data.tags["mlflow.source.name"] == "jobs/train_longclip.py"
+        assert run.data.tags["mlflow.source.type"] == "JOB"
+        assert 0 <= run.data.metrics["system/node0/cpu_utilization_percentage"] <= 100
     assert runs["demo-long"].data.params["train.init_from"] == runs["demo-short"].info.run_id
     models = client.search_logged_models(experiment_ids=[exp.experiment_id])  # mlflow.pytorch.log_model
     assert {m.source_run_id for m in models} >= {runs[n].info.run_id for n in ("demo-short", "demo-long")}

@@ -1,7 +1,18 @@
-"""nlray.tracking against a real `mlflow server` subprocess: one run per name, params, metrics, artifacts."""
+"""nlray.tracking against a real `mlflow server` subprocess and a real sqlite store: one run per name, params,
+metrics, artifacts, the dataset input, source tags, system metrics, the per-class table."""
+import csv
+import hashlib
+import io
 import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import psutil
+import pytest
 from mlflow.tracking import MlflowClient
 
 from nlray import tracking
@@ -58,3 +69,109 @@ def test_sqlite_uri_is_made_absolute_for_workers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert tracking.resolve_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert tracking.resolve_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory):
+    """A real sqlite tracking store with one experiment whose artifacts stay in the test's folder."""
+    root = tmp_path_factory.mktemp("sqlite-store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("t-sqlite", artifact_location=str(root / "artifacts"))
+    return uri
+
+
+def sqlite_cfg(uri: str, name: str):
+    return load_config("demo", [f"name={name}", f"tracking.uri={uri}", "tracking.experiment=t-sqlite"])
+
+
+MANIFEST = pd.DataFrame({"uri": ["s3://b/k/train/a.mp4", "s3://b/k/train/b.mp4", "s3://b/k/val/c.mp4"],
+                         "label": ["x", "y", "x"], "split": ["train", "train", "val"], "size": [1, 2, 3]})
+
+
+def test_a_new_run_records_its_dataset_as_a_training_input(sqlite_uri):
+    ds = tracking.manifest_dataset(MANIFEST, ["x", "y"], name="k", source="s3://user:secret@b/k")
+    run, _ = tracking.start_or_resume_run(sqlite_cfg(sqlite_uri, "track-dataset"), ["x", "y"], dataset=ds)
+    tracking.start_or_resume_run(sqlite_cfg(sqlite_uri, "track-dataset"), ["x", "y"], dataset=ds)  # resumed
+
+    inputs = MlflowClient(sqlite_uri).get_run(run.id).inputs.dataset_inputs
+    assert len(inputs) == 1  # a resume logs no second input
+    got = inputs[0].dataset
+    rows = "s3://b/k/train/a.mp4\tx\ttrain\ns3://b/k/train/b.mp4\ty\ttrain\ns3://b/k/val/c.mp4\tx\tval\n"
+    assert got.digest == hashlib.sha256(rows.encode()).hexdigest()[:16]
+    assert (got.name, got.source_type, got.source) == ("k", "s3", '{"uri": "s3://***@b/k"}')
+    assert got.profile == '{"videos": 3, "videos_train": 2, "videos_val": 1, "num_classes": 2}'
+    assert [(t.key, t.value) for t in inputs[0].tags] == [("mlflow.data.context", "training")]
+
+
+def test_the_dataset_digest_follows_videos_labels_and_splits_not_row_order():
+    digest = tracking.manifest_dataset(MANIFEST, ["x", "y"], name="k", source="k").digest
+    shuffled = MANIFEST.iloc[[2, 0, 1]]
+    relabelled = MANIFEST.assign(label=["x", "y", "y"])
+    moved = MANIFEST.assign(split=["train", "val", "val"])
+    assert tracking.manifest_dataset(shuffled, ["x", "y"], name="k", source="k").digest == digest
+    for other in (relabelled, moved, MANIFEST.iloc[:2]):
+        assert tracking.manifest_dataset(other, ["x", "y"], name="k", source="k").digest != digest
+    with pytest.raises(ValueError, match="split"):
+        tracking.manifest_dataset(MANIFEST.drop(columns="split"), ["x"], name="k", source="k")
+
+
+def test_a_new_run_says_where_it_came_from(sqlite_uri, monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "jobs" / "train.py"), "--name", "x"])
+    monkeypatch.setenv(tracking.RAY_JOB_ENV, "{}")  # what Ray's job supervisor sets in a submitted driver
+    run, _ = tracking.start_or_resume_run(sqlite_cfg(sqlite_uri, "track-source"), ["x"])
+    tags = MlflowClient(sqlite_uri).get_run(run.id).data.tags
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert tags["mlflow.source.name"] == "jobs/train.py" and tags["mlflow.source.type"] == "JOB"
+    assert tags.get("mlflow.source.git.commit", "") == head  # absent where the checkout has no .git
+    assert tags["nlray.version"] == "0.1.0"
+    monkeypatch.delenv(tracking.RAY_JOB_ENV)
+    assert tracking.source_tags()["mlflow.source.type"] == "LOCAL"
+    assert tracking.entry_point(str(tmp_path / "driver.py")) == "driver.py"  # outside the project
+    assert tracking.git_commit(tmp_path) == ""  # not a checkout (a ray job's working dir)
+
+
+def test_system_metrics_land_in_the_run_under_the_node_id(sqlite_uri):
+    run, _ = tracking.start_or_resume_run(sqlite_cfg(sqlite_uri, "track-system"), ["x"])
+    with run.system_metrics(node_id="worker0", interval_s=1.0):
+        time.sleep(3)
+    metrics = MlflowClient(sqlite_uri).get_run(run.id).data.metrics
+    assert 0 <= metrics["system/worker0/cpu_utilization_percentage"] <= 100
+    used = metrics["system/worker0/system_memory_usage_megabytes"]
+    assert 0 < used <= psutil.virtual_memory().total / 1e6
+    assert len(run.metric_history("system/worker0/cpu_utilization_percentage")) >= 2  # one a second
+
+
+def test_system_metrics_interval_zero_is_off_and_negative_is_an_error(sqlite_uri):
+    run, _ = tracking.start_or_resume_run(sqlite_cfg(sqlite_uri, "track-system-off"), ["x"])
+    with run.system_metrics(node_id=None, interval_s=0):
+        pass
+    assert not [k for k in MlflowClient(sqlite_uri).get_run(run.id).data.metrics if k.startswith("system/")]
+    with pytest.raises(ValueError, match="interval_s=-1"):
+        with run.system_metrics(node_id=None, interval_s=-1):
+            pass
+
+
+def test_per_class_table_from_a_hand_made_confusion_matrix():
+    confusion = np.array([[3, 1, 0, 0],   # x: 3 of 4 right, 1 taken for y
+                          [0, 5, 0, 0],   # y: all right
+                          [2, 0, 0, 2],   # "z, w": none right; 2 each to x and to empty: the first, x
+                          [0, 0, 0, 0]])  # empty: no videos
+    rows = list(csv.DictReader(io.StringIO(tracking.per_class_accuracy_csv(confusion, ["x", "y", "z, w", "empty"]))))
+    assert [tuple(r.values()) for r in rows] == [
+        ("z, w", "4", "0", "0.0000", "x", "0.5000"),  # weakest first
+        ("x", "4", "3", "0.7500", "y", "0.2500"),
+        ("y", "5", "5", "1.0000", "", "0.0000"),
+        ("empty", "0", "0", "", "", "0.0000")]
+    assert list(rows[0]) == ["class", "videos", "correct", "top1", "most_confused_with", "share"]
+    with pytest.raises(ValueError, match="3 labels"):
+        tracking.per_class_accuracy_csv(confusion, ["x", "y", "z"])
+
+
+def test_the_confusion_plot_renders_with_class_names_and_past_the_limit_without(tmp_path):
+    small = tracking.confusion_png(np.array([[3, 1], [0, 4]]), ["x", "y"], tmp_path / "s.png")
+    many = tracking.confusion_png(np.eye(61, dtype=int), [f"c{i}" for i in range(61)], tmp_path / "m.png")
+    for png in (small, many):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

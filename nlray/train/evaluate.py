@@ -7,6 +7,7 @@ Clip-level numbers score each view alone; video-level numbers score the average.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -23,6 +24,8 @@ from nlray.data.transforms import normalize_on_device
 from nlray.models import build_model
 from nlray.train import checkpoint
 
+log = logging.getLogger("nlray")
+
 
 class ViewScorer:
     """map_batches actor: uint8 views -> softmax scores, with the model loaded once per actor."""
@@ -36,7 +39,8 @@ class ViewScorer:
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        video = torch.as_tensor(batch["video"]).to(self.device)  # (B, T, H, W, C) uint8
+        # batches are read-only views of the object store: copied (only then) so torch may own the memory
+        video = torch.from_numpy(np.require(batch["video"], requirements="W")).to(self.device)  # (B, T, H, W, C)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             logits = self.model(normalize_on_device(video, dtype=torch.float32))  # (B, K)
         probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
@@ -99,9 +103,20 @@ over every video of the split, and over those that decoded)."""
         batch_size=max(1, cfg.data.batch_size), compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1)
     scores = VideoScores(cfg.model.num_classes, total_videos=len(split_frame(df, cfg.data.val_split)))
+    logged = 0
     for batch in scored.iter_batches(batch_size=256, batch_format="numpy"):
         scores.add(batch["video_idx"], batch["label"], batch["probs"])
+        logged = log_progress(len(scores.sums), scores.total, logged)
     return scores
+
+
+def log_progress(done: int, total: int, logged: int) -> int:
+    """Log ``eval 40/100 videos`` each time another tenth of the split's videos has views scored; ``logged``:
+    the tenths logged so far (returned updated)."""
+    tenths = done * 10 // max(total, 1)
+    if tenths > logged:
+        log.info("eval %d/%d videos", done, total)
+    return max(tenths, logged)
 
 
 def run_evaluation(*, ref: str, data: Optional[str] = None, split: Optional[str] = None,
@@ -129,6 +144,7 @@ def run_evaluation(*, ref: str, data: Optional[str] = None, split: Optional[str]
     run.log_metrics(metrics, int(meta.get("step", 0)))
     with tracking.tmpdir() as tmp:
         run.log_png(tracking.confusion_png(scores.confusion(), labels, Path(tmp) / "eval_per_class_accuracy.png"))
+    run.log_text(tracking.per_class_accuracy_csv(scores.confusion(), labels), "eval_per_class_accuracy.csv")
     return {**metrics, "run_id": run.id}
 
 

@@ -18,6 +18,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from ray.data.collate_fn import NumpyBatchCollateFn
 from torch import nn
 
 from nlray.config import Config, from_yaml
@@ -39,11 +40,20 @@ def build_worker_model(cfg: Config) -> nn.Module:
                        activation_checkpointing=cfg.train.activation_checkpointing)
 
 
-def pick_video_label(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """collate_fn: uint8 clips travel as they are (4x less than float); labels as int64; the manifest row of
-    each clip (``video_idx``) for the epoch's audit."""
-    return {"video": torch.as_tensor(batch["video"]), "label": torch.as_tensor(batch["label"], dtype=torch.int64),
-            "video_idx": torch.as_tensor(batch["video_idx"], dtype=torch.int64)}
+class TrainBatch(NumpyBatchCollateFn):
+    """collate_fn: the training columns as tensors with memory of their own: uint8 clips as they are (4x less
+    than float), labels, and the manifest row of each clip (``video_idx``) for the epoch's audit.
+
+    Ray hands over read-only views of the object store. Ray's own conversion hides torch's warning about
+    them with ``warnings.catch_warnings``, which is not thread-safe: from its conversion threads the
+    warning still shows. A read-only column is copied instead, in Ray's prefetch threads (one memcpy of
+    the batch, beside the step)."""
+
+    COLUMNS = {"video": np.uint8, "label": np.int64, "video_idx": np.int64}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.require(batch[k], dtype, requirements="W"))  # (B, T, H, W, C) / (B,)
+                for k, dtype in self.COLUMNS.items()}
 
 
 def synced_batches(batches, device: torch.device) -> Iterator[tuple[dict, float]]:
@@ -169,9 +179,11 @@ class Loop:
     # folders: Ray Train's retention would otherwise delete the new one with the bad one it replaces
     dir_suffix: str = ""
     meter: Meter = None  # type: ignore[assignment]
+    start_step: int = 0  # the step this session (re)started at: the console's eta counts from here
 
     def __post_init__(self):
         self.meter = Meter(self.device)
+        self.t_start = time.perf_counter()
         self.bf16 = self.cfg.train.bf16 and self.device.type == "cuda"
         self.micro = 0
 
@@ -180,6 +192,14 @@ def train_func(config: dict) -> None:
     """Ray Train entry point. config: cfg (YAML), labels, run (tracking.Run), init_ref (ObjectRef of a
     state dict or None)."""
     loop, step, epoch = setup(config)
+    ctx = ray.train.get_context()  # one monitor a node: it samples the whole machine, its GPUs included
+    with loop.run.system_metrics(node_id=f"node{ctx.get_node_rank()}",
+                                 interval_s=loop.cfg.tracking.system_metrics_interval_s if ctx.get_local_rank() == 0 else 0):
+        train_steps(loop, step, epoch)
+
+
+def train_steps(loop: Loop, step: int, epoch: int) -> None:
+    """Precise BN where due, the epochs up to train.steps, the final checkpoint."""
     shard = ray.train.get_dataset_shard("train")
     if step == 0 and loop.cfg.train.freeze_bn and loop.cfg.train.precise_bn_batches:
         precise_bn(loop, shard, step)  # the frozen statistics: of these clips, not of the ones before
@@ -201,6 +221,7 @@ def setup(config: dict) -> tuple[Loop, int, int]:
     """The model (restored or initialised), optimizer and logging state of one worker: (loop, step, epoch)."""
     cfg, run = from_yaml(config["cfg"]), config["run"]
     tcfg, rank = cfg.train, ray.train.get_context().get_world_rank()
+    console_logging()
     torch.manual_seed(tcfg.seed + rank)
     model = build_worker_model(cfg)
     opt_state, step, epoch, skipped = restore(model, cfg, config["init_ref"])
@@ -217,7 +238,18 @@ def setup(config: dict) -> tuple[Loop, int, int]:
     model.train()
     return Loop(cfg, model, optimizer, ray.train.torch.get_device(), run, meta, peak,
                 accumulation_steps(tcfg, cfg.data.batch_size), logged,
-                f"_from{step:08d}" if skipped else ""), step, epoch
+                f"_from{step:08d}" if skipped else "", start_step=step), step, epoch
+
+
+def console_logging() -> None:
+    """INFO of the "nlray" logger to this worker's stderr, which Ray forwards to the driver's console
+    (a worker process starts with no handler: only warnings would show)."""
+    if not log.handlers:
+        handler = logging.StreamHandler()  # stderr
+        handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False  # once, whatever the worker's root logger has
+    log.setLevel(logging.INFO)
 
 
 def note_start(run: Run, step: int, skipped: list[str]) -> int:
@@ -236,7 +268,7 @@ def note_start(run: Run, step: int, skipped: list[str]) -> int:
 
 def epoch_batches(loop: Loop, shard):
     """One pass over this worker's shard as torch batches (uint8 clips, labels, training rows)."""
-    return shard.iter_torch_batches(batch_size=loop.cfg.data.batch_size, collate_fn=pick_video_label,
+    return shard.iter_torch_batches(batch_size=loop.cfg.data.batch_size, collate_fn=TrainBatch(),
                                     drop_last=True, prefetch_batches=2)
 
 
@@ -321,6 +353,33 @@ def save(loop: Loop, step: int, epoch: int) -> None:
 def log_interval(loop: Loop, step: int, epoch: int, lr: float) -> None:
     metrics = loop.meter.reduce()  # a collective: every rank calls it
     loop.meter.reset()
-    if ray.train.get_context().get_world_rank() == 0 and step > loop.logged_upto:
+    if ray.train.get_context().get_world_rank() != 0:
+        return
+    log.info("%s", progress_line(step, loop.cfg.train.steps, epoch, metrics, lr,
+                                 time.perf_counter() - loop.t_start, step - loop.start_step))
+    if step > loop.logged_upto:
         metrics.update({"train/lr": lr, "train/epoch": epoch, **bad_video_metrics(loop.cfg)})
         loop.run.log_metrics(metrics, step)
+
+
+def progress_line(step: int, total: int, epoch: int, metrics: dict[str, float], lr: float,
+                  elapsed_s: float, steps_done: int) -> str:
+    """The console line of a logging interval, e.g. ``step 120/1200 (10%) epoch 1 loss 1.234 clip_top1 0.500
+    lr 0.0100 clips/s 55.1 data_wait 3% eta 4m10s``. metrics: Meter.reduce()'s; the eta is the mean step
+    time of this session (``steps_done`` steps in ``elapsed_s``) times the steps left."""
+    left = max(total - step, 0)
+    eta = format_duration(elapsed_s / steps_done * left) if steps_done > 0 else "?"
+    return (f"step {step}/{total} ({100 * step // max(total, 1)}%) epoch {epoch} "
+            f"loss {metrics['train/loss']:.3f} clip_top1 {metrics['train/clip_top1']:.3f} lr {lr:.4f} "
+            f"clips/s {metrics['train/clips_per_s']:.1f} data_wait {100 * metrics['train/data_wait_share']:.0f}% "
+            f"eta {eta}")
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``4m10s``, ``2h05m``: whole seconds, the two largest units."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

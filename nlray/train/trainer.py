@@ -10,7 +10,8 @@ import logging
 from pathlib import Path
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.data import DataContext, ExecutionOptions
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from nlray import raycluster, tracking
@@ -19,7 +20,7 @@ from nlray.data import resolve_dataset
 from nlray.data.pipeline import (bad_video_counts, bad_video_list, bad_video_log_name, build_train_dataset,
                                  has_split)
 from nlray.data import storage
-from nlray.data.synthetic import CLASSES, FLIP_LABEL_MAP, SPECS, ensure_dataset_at
+from nlray.data.synthetic import CLASSES, FLIP_LABEL_MAP, SPECS, ensure_dataset_at, ensure_demo_dataset
 from nlray.models import build_model
 from nlray.secrets import redact
 from nlray.tracking import Run
@@ -79,7 +80,16 @@ def make_trainer(cfg: Config, labels: list[str], run: Run, init_ref, train_ds) -
                              failure_config=FailureConfig(max_failures=tcfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints)),
         datasets={"train": train_ds},
+        dataset_config=DataConfig(execution_options=ingest_options()),
     )
+
+
+def ingest_options() -> ExecutionOptions:
+    """Ray Train's default ingest options (the driver's DataContext), less ``exclude_resources``: Train's
+    default sets it, which Ray 2.60 deprecates with a warning in every run."""
+    ctx = DataContext.get_current().execution_options
+    return ExecutionOptions(resource_limits=ctx.resource_limits, preserve_order=ctx.preserve_order,
+                            verbose_progress=ctx.verbose_progress)
 
 
 class NoDataError(RuntimeError):
@@ -100,7 +110,9 @@ def fit(cfg: Config) -> dict:
     cfg = dataclasses.replace(cfg, train=scaled)
     cfg.tracking.uri = tracking.resolve_uri(cfg.tracking.uri)  # workers run in other directories
     init = initial_weights(cfg)  # a bad --init-from fails here, before a run or a worker exists
-    run, resumed = tracking.start_or_resume_run(cfg, labels, {"world_size": cfg.train.num_workers, **schedule})
+    dataset = tracking.manifest_dataset(df, labels, **dataset_identity(cfg))
+    run, resumed = tracking.start_or_resume_run(cfg, labels, {"world_size": cfg.train.num_workers, **schedule},
+                                                dataset=dataset)
     log.info("MLflow run %s (%s) at %s", run.id, "resumed" if resumed else "new", redact(run.uri))
     try:
         init_ref = ray.put(init) if init is not None else None
@@ -118,6 +130,19 @@ def fit(cfg: Config) -> dict:
         raise
     run.end()
     return out
+
+
+def dataset_identity(cfg: Config) -> dict[str, str]:
+    """The dataset's name and source for MLflow: a root's (or a manifest's folder's) name and URI; the
+    synthetic set as ``synthetic-<data.synthetic>`` at its cache folder."""
+    if not cfg.data.root:  # resolve_dataset generated it already: this only returns its folder
+        return {"name": f"synthetic-{cfg.data.synthetic}",
+                "source": ensure_demo_dataset(cfg.data.cache_dir, SPECS[cfg.data.synthetic])}
+    parts = cfg.data.root.rstrip("/").rsplit("/", 2)
+    name = parts[-1].removesuffix(".parquet")
+    if name == "manifest" and len(parts) > 1:  # <root>/manifest.parquet: the root's name
+        name = parts[-2]
+    return {"name": name, "source": cfg.data.root}
 
 
 def check_initialisation(cfg: Config) -> None:
@@ -192,4 +217,5 @@ def validate(cfg: Config, df, labels: list[str], run: Run, model_state: dict, st
     run.log_metrics(metrics, step)
     with tracking.tmpdir() as tmp:
         run.log_png(tracking.confusion_png(scores.confusion(), labels, Path(tmp) / "per_class_accuracy.png"))
+    run.log_text(tracking.per_class_accuracy_csv(scores.confusion(), labels), "per_class_accuracy.csv")
     return metrics
