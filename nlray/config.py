@@ -65,7 +65,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     root: str = ""  # dataset root (official Kinetics layout) or a manifest .parquet; "" = synthetic set
-    synthetic: str = "demo"  # the synthetic set used when root is "": demo (6 classes x 50) | tiny (tests)
+    synthetic: str = "demo"  # the set used when root is "": demo (6 classes x 50) | tiny (tests) | longrange
     cache_dir: str = "~/.cache/nlray"  # synthetic data and manifests built from a root
     s3_endpoint_url: str = ""  # S3-compatible endpoint; "" = AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL / AWS
     train_split: str = "train"

@@ -3,6 +3,7 @@ no clip, a worker killed mid-run, a checkpoint cut short or missing a file, a ba
 what was lost and what was kept, read back from MLflow and the checkpoints on disk."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -167,3 +168,23 @@ def test_a_restart_looks_in_the_run_folder_newest_step_first_a_refolded_step_bef
     assert [Path(c.path).name for c in stored_checkpoints(cfg)] == [
         "step_00000008_from00000004", "step_00000008", "step_00000004"]
     assert stored_checkpoints(load_config("demo", ["name=none", f"train.storage_path={tmp_path}"])) == []
+
+
+def test_a_new_mlflow_run_over_checkpoints_of_an_earlier_run_says_it_resumes_from_them(tmp_path, caplog):
+    from nlray import tracking
+    from nlray.train.trainer import warn_foreign_checkpoints
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("t-foreign", artifact_location=str(tmp_path / "artifacts"))
+    cfg = load_config("demo", ["name=again", f"train.storage_path={tmp_path / 'results'}",
+                               f"tracking.uri={uri}", "tracking.experiment=t-foreign"])
+    run, resumed = tracking.start_or_resume_run(cfg, ["a", "b"])
+    assert not resumed
+    with caplog.at_level(logging.WARNING, logger="nlray"):
+        warn_foreign_checkpoints(cfg, run)  # nothing stored under this name: nothing said
+    assert "nlray.resumed_from_storage" not in run.tags() and "another --name" not in caplog.text
+    (tmp_path / "results" / "again" / "step_00000400").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="nlray"):
+        warn_foreign_checkpoints(cfg, run)
+    assert run.tags()["nlray.resumed_from_storage"].endswith("again/step_00000400")
+    assert "another --name" in caplog.text and "'again'" in caplog.text

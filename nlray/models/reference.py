@@ -32,9 +32,10 @@ def allowed_pairs(query_size: tuple[int, int, int], key_size: tuple[int, int, in
     mask = (qt // span)[:, None] == (kt // span)[None, :]  # same group of frames
     if mode == "space":
         mask &= qt[:, None] == kt[None, :]  # same frame
-    elif mode == "time":  # same location; on a 1x2x2-pooled key map, the pooled cell holding (h, w)
-        fy, fx = (1 if hk == h else 2), (1 if wk == w else 2)
-        mask &= ((qh // fy)[:, None] == kh[None, :]) & ((qw // fx)[:, None] == kw[None, :])
+    elif mode == "time":  # same location (time mode never subsamples its keys spatially)
+        if (hk, wk) != (h, w):
+            raise ValueError(f"time mode: key map {key_size} must have the query map's {query_size} H and W")
+        mask &= (qh[:, None] == kh[None, :]) & (qw[:, None] == kw[None, :])
     return mask
 
 

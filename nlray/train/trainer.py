@@ -114,6 +114,8 @@ def fit(cfg: Config) -> dict:
     run, resumed = tracking.start_or_resume_run(cfg, labels, {"world_size": cfg.train.num_workers, **schedule},
                                                 dataset=dataset)
     log.info("MLflow run %s (%s) at %s", run.id, "resumed" if resumed else "new", redact(run.uri))
+    if not resumed:
+        warn_foreign_checkpoints(cfg, run)
     try:
         init_ref = ray.put(init) if init is not None else None
         train_ds = build_train_dataset(df, cfg.data, run_name=cfg.name, seed=cfg.train.seed,
@@ -143,6 +145,18 @@ def dataset_identity(cfg: Config) -> dict[str, str]:
     if name == "manifest" and len(parts) > 1:  # <root>/manifest.parquet: the root's name
         name = parts[-2]
     return {"name": name, "source": cfg.data.root}
+
+
+def warn_foreign_checkpoints(cfg: Config, run: Run) -> None:
+    """A new MLflow run whose name has checkpoints in train.storage_path (an earlier run, tracked in another
+    MLflow store) resumes from them: say so on the console and in a tag, with the way to start afresh."""
+    found = checkpoint.stored_checkpoints(cfg)
+    if found:
+        where = redact(found[0].path)
+        log.warning("run name %r has %d checkpoint(s) in train.storage_path from an earlier run that this MLflow "
+                    "store does not know; training resumes from the newest that loads (%s). Give another --name "
+                    "to start afresh.", cfg.name, len(found), where)
+        run.set_tags({"nlray.resumed_from_storage": where})
 
 
 def check_initialisation(cfg: Config) -> None:
