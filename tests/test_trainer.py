@@ -103,3 +103,18 @@ def test_evaluate_job_logs_multiview_metrics(env, short_run):
     assert 0.0 <= out["eval/video_top1"] <= out["eval/video_top5"] <= 1.0
     metrics = MlflowClient(env["uri"]).get_run(first["run_id"]).data.metrics
     assert metrics["eval/video_top1"] == out["eval/video_top1"]
+
+
+def test_evaluating_a_checkpoint_logs_into_an_eval_run_that_it_ends(env, short_run):
+    from nlray.train.evaluate import run_evaluation
+
+    cfg, first = short_run
+    newest = checkpoint.stored_checkpoints(cfg)[0].path  # a checkpoint folder, not a run id
+    out = run_evaluation(ref=newest, clips=1, crops=1, tracking_uri=env["uri"])
+    assert out["run_id"] != first["run_id"]
+    client = MlflowClient(env["uri"])
+    run = client.get_run(out["run_id"])
+    assert run.info.run_name == f"eval-{cfg.name}" and run.info.status == "FINISHED"
+    assert run.data.metrics["eval/video_top1"] == out["eval/video_top1"]
+    names = {a.path for a in client.list_artifacts(out["run_id"])}
+    assert "eval_per_class_accuracy.csv" in names

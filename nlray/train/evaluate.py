@@ -136,16 +136,26 @@ def run_evaluation(*, ref: str, data: Optional[str] = None, split: Optional[str]
     scores = evaluate(cfg, df, state, num_clips=clips, num_crops=crops, actors=actors, use_gpu=use_gpu)
     metrics = {f"eval/{k}": v for k, v in scores.metrics().items()}
     run_id = meta.get("mlflow_run_id") if checkpoint.is_run_ref(ref) else None
-    if run_id is None:
-        eval_cfg = dataclasses.replace(cfg, name=f"eval-{cfg.name}")
-        run, _ = tracking.start_or_resume_run(eval_cfg, labels, {"evaluated": ref})
-    else:
+    if run_id is not None:  # into the training run, which keeps its status
         run = tracking.Run(run_id, uri)
-    run.log_metrics(metrics, int(meta.get("step", 0)))
+        log_scores(run, scores, labels, metrics, int(meta.get("step", 0)))
+        return {**metrics, "run_id": run.id}
+    run, _ = tracking.start_or_resume_run(dataclasses.replace(cfg, name=f"eval-{cfg.name}"), labels,
+                                          {"evaluated": ref})
+    try:  # a run of its own: ended here, FINISHED or FAILED
+        log_scores(run, scores, labels, metrics, int(meta.get("step", 0)))
+    except BaseException:
+        run.end("FAILED")
+        raise
+    run.end()
+    return {**metrics, "run_id": run.id}
+
+
+def log_scores(run: tracking.Run, scores: VideoScores, labels: list[str], metrics: dict, step: int) -> None:
+    run.log_metrics(metrics, step)
     with tracking.tmpdir() as tmp:
         run.log_png(tracking.confusion_png(scores.confusion(), labels, Path(tmp) / "eval_per_class_accuracy.png"))
     run.log_text(tracking.per_class_accuracy_csv(scores.confusion(), labels), "eval_per_class_accuracy.csv")
-    return {**metrics, "run_id": run.id}
 
 
 def _with_overrides(cfg: Config, overrides: Sequence[str], *, data, split, tracking_uri: str) -> Config:
