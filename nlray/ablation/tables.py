@@ -39,9 +39,10 @@ LONG_CLIP = {
               "train.base_lr=0.0025", "train.base_batch=16", "train.freeze_bn=true",
               "train.activation_checkpointing=true"),
     # shrunk layout: nlray/configs/demo_128f.yaml (4x the demo's 16 frames, consecutive)
-    "shrunk": ("data.frames=64", "data.frame_stride=1", "data.batch_size=2", "train.steps=100",
-               "train.base_lr=0.0025", "train.base_batch=4", "train.lr_milestones=[75]", "train.warmup_steps=0",
-               "train.freeze_bn=true", "train.activation_checkpointing=true", "train.checkpoint_every=50"),
+    "shrunk": ("data.frames=64", "data.frame_stride=1", "data.batch_size=2", "train.steps=300",
+               "train.base_lr=0.0025", "train.base_batch=4", "train.lr_milestones=[225]", "train.warmup_steps=0",
+               "train.freeze_bn=true", "train.precise_bn_batches=20", "train.activation_checkpointing=true",
+               "train.checkpoint_every=150"),
 }
 
 
