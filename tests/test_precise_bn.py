@@ -43,7 +43,8 @@ def test_the_first_layer_gets_the_mean_and_variance_over_all_batches_and_frozen_
 def test_frozen_bn_gets_its_statistics_before_fine_tuning_and_the_final_checkpoint_waits_only_otherwise():
     from nlray.train.loop import precise_at_end, save_due
     short = load_config("demo", ["train.precise_bn_batches=20", "train.steps=100", "train.checkpoint_every=50"]).train
-    long = load_config("demo_128f", ["train.precise_bn_batches=20", "train.steps=100"]).train
+    long = load_config("demo_128f", ["train.precise_bn_batches=20", "train.steps=100",
+                                     "train.checkpoint_every=50"]).train
     assert precise_at_end(short) and not precise_at_end(long)
     assert [save_due(short, s) for s in (50, 100)] == [True, False]  # the final one after the statistics
     assert [save_due(long, s) for s in (50, 100)] == [True, True]
