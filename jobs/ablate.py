@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nlray.ablation.runner import make_plan, run_table  # noqa: E402
 from nlray.ablation.tables import TABLES  # noqa: E402
 from nlray.config import ConfigError, preset_names  # noqa: E402
-from nlray.train.cli import run_job  # noqa: E402
+from nlray.train.cli import console_logging, run_job  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> str:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    console_logging()
     logging.getLogger("ray.tune").setLevel(logging.WARNING)  # Tune's bookkeeping; trial errors still show
     p = parser()
     args = p.parse_intermixed_args(argv)  # options may come after the table and between overrides

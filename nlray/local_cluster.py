@@ -35,7 +35,13 @@ from typing import Callable, Optional
 
 import yaml
 
+from nlray.raycluster import LOCAL_STARTUP_CONCURRENCY
 from nlray.servers import free_port
+
+# Nodes of one machine share its cores: the raylet's startup concurrency (min(cores, CPUs)) would make it warn
+# of "worker processes started" at a run's normal count (nlray.raycluster.start_local); the head's system
+# config reaches every node that joins.
+SYSTEM_CONFIG = "--system-config=" + json.dumps({"worker_maximum_startup_concurrency": LOCAL_STARTUP_CONCURRENCY})
 
 RAY = Path(sys.executable).parent / "ray"
 LOCALHOST = "127.0.0.1"
@@ -251,7 +257,7 @@ def start_cluster(*, nodes: list[dict], env: dict[str, str] | None = None, tmp: 
 
     cluster._join = join
     try:
-        _ray_start(["--head", f"--port={port}", "--num-cpus=0",
+        _ray_start(["--head", f"--port={port}", "--num-cpus=0", SYSTEM_CONFIG,
                     "--num-gpus=0", "--include-dashboard=true", f"--dashboard-host={LOCALHOST}",
                     f"--dashboard-port={dash_port}", f"--ray-client-server-port={free_port()}",
                     f"--temp-dir={temp_dir}", *per_node_ports()],
@@ -294,7 +300,7 @@ def start_autoscaling_cluster(config_path: Path, env: dict[str, str] | None = No
         _own_dirs=[temp_dir])
     head_cpus = config["available_node_types"][config["head_node_type"]]["resources"].get("CPU", 0)
     try:
-        _ray_start(["--head", f"--port={port}", f"--num-cpus={head_cpus}",
+        _ray_start(["--head", f"--port={port}", f"--num-cpus={head_cpus}", SYSTEM_CONFIG,
                     f"--autoscaling-config={run_config}", "--include-dashboard=true",
                     f"--dashboard-host={LOCALHOST}", f"--dashboard-port={dash_port}",
                     f"--ray-client-server-port={free_port()}",

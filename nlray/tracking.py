@@ -223,7 +223,9 @@ def manifest_dataset(df, labels: list[str], *, name: str, source: str) -> Datase
 
 def source_tags() -> dict[str, str]:
     """Where a run came from: the entry point, JOB (ray job submit) or LOCAL, git commit, nlray's version."""
-    tags = {"mlflow.source.name": entry_point(sys.argv[0]),
+    # __main__'s file is absolute (argv[0] may be relative, and a job's driver leaves its working dir)
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None) or sys.argv[0]
+    tags = {"mlflow.source.name": entry_point(main_file),
             "mlflow.source.type": "JOB" if os.environ.get(RAY_JOB_ENV) else "LOCAL",
             "nlray.version": nlray.__version__}
     commit = git_commit(PROJECT_DIR)

@@ -119,7 +119,8 @@ def test_the_dataset_digest_follows_videos_labels_and_splits_not_row_order():
 
 
 def test_a_new_run_says_where_it_came_from(sqlite_uri, monkeypatch, tmp_path):
-    monkeypatch.setattr(sys, "argv", [str(ROOT / "jobs" / "train.py"), "--name", "x"])
+    # the driver's script, as Python records it (absolute: a job's driver leaves its relative working dir)
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(ROOT / "jobs" / "train.py"), raising=False)
     monkeypatch.setenv(tracking.RAY_JOB_ENV, "{}")  # what Ray's job supervisor sets in a submitted driver
     run, _ = tracking.start_or_resume_run(sqlite_cfg(sqlite_uri, "track-source"), ["x"])
     tags = MlflowClient(sqlite_uri).get_run(run.id).data.tags

@@ -55,13 +55,18 @@ def to_config(args: argparse.Namespace) -> Config:
 
 def parse(description: str, default_preset: str, argv: Optional[Sequence[str]] = None) -> Config:
     """Parse and validate; a bad key or value exits with the message before any Ray resource is asked for."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    console_logging()
     p = parser(description, default_preset)
     args = p.parse_args(argv)
     try:
         return to_config(args)
     except ConfigError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
+
+
+def console_logging() -> None:
+    """The driver's INFO lines (nlray's progress, evaluation counts) on its console, with the time."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
 
 def run_job(fn: Callable[..., Any], *args: Any) -> Any:
