@@ -102,7 +102,7 @@ def compare(uri: str, refs: list[str]) -> Comparison:
 
 def learning_curves_png(records: list[RunRecord], out: Path) -> Path:
     """train/loss and train/clip_top1 against the step, one line a run."""
-    plt = _pyplot()
+    plt = tracking.pyplot()
     fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 3.6))
     for ax, key in zip(axes, CURVES):
         for r in records:
@@ -120,12 +120,3 @@ def learning_curves_png(records: list[RunRecord], out: Path) -> Path:
 
 def _number(value) -> str:
     return MISSING if value is None else f"{value:.4f}"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on a cluster node
-    import matplotlib.pyplot as plt
-
-    return plt

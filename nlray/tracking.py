@@ -331,7 +331,7 @@ def _redacted_tree(src: Path, tmp: Path) -> Path:
 
 def learning_curve_png(run: Run, keys: Iterable[str], out: Path) -> Path:
     """A PNG of metric histories (loss, clip top-1, lr) against the global step."""
-    plt = _pyplot()
+    plt = pyplot()
     keys = list(keys)
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
     for ax, key in zip(np.atleast_1d(axes), keys):
@@ -348,7 +348,7 @@ def learning_curve_png(run: Run, keys: Iterable[str], out: Path) -> Path:
 def confusion_png(confusion: np.ndarray, labels: list[str], out: Path) -> Path:
     """Per-class accuracy bars beside the (row-normalised) confusion matrix: class names on both axes (up to
     CONFUSION_TICKS_MAX classes), a colour bar for the share of each true class."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = confusion.sum(1, keepdims=True).clip(min=1)
     norm = confusion / rows  # (K, K), rows sum to 1
     k = len(labels)
@@ -398,7 +398,7 @@ def per_class_accuracy_csv(confusion: np.ndarray, labels: list[str]) -> str:
     return out.getvalue()
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")

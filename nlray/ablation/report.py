@@ -68,7 +68,7 @@ class Report:
 
     def chart(self, out: Path) -> Path:
         """Our mean with its interval per row (left axis); the paper's figure as a marker (right axis)."""
-        plt = _pyplot()
+        plt = tracking.pyplot()
         labels = [r.row.label for r in self.rows]
         x = range(len(self.rows))
         fig, ax = plt.subplots(figsize=(max(4.5, 1.4 * len(self.rows)), 4.0), layout="constrained")
@@ -87,15 +87,6 @@ class Report:
         fig.savefig(out, dpi=90)
         plt.close(fig)
         return out
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on a cluster node
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _pct(value: Optional[float], scale: float = 100.0) -> str:
