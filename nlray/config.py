@@ -246,10 +246,23 @@ def _merge(schema, layer, what: str, key_hint: str = ""):
     try:
         return OmegaConf.merge(schema, layer)
     except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or key_hint or _bad_section(layer) or "?"
+        key = getattr(e, "full_key", None) or key_hint or _bad_section(layer) or _bad_leaf(schema, layer) or "?"
         msg = str(e).splitlines()[0].rstrip(".")
         hint = f" Allowed keys here: {_allowed_keys(key)}" if "not in" in msg else _type_hint(key)
         raise ConfigError(f"{what}: {key!r}: {msg}.{hint}") from None
+
+
+def _bad_leaf(schema, layer: Any) -> str:
+    """The first ``section.leaf`` of a preset layer that fails to merge on its own; '' if none.
+
+    OmegaConf names no key when, e.g., an int is given for a list field."""
+    for section, values in (layer.items() if isinstance(layer, dict) else []):
+        for leaf, value in (values.items() if isinstance(values, dict) else []):
+            try:
+                OmegaConf.merge(schema, {section: {leaf: value}})
+            except OmegaConfBaseException:
+                return f"{section}.{leaf}"
+    return ""
 
 
 def _bad_section(layer: Any) -> str:

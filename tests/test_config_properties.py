@@ -283,6 +283,7 @@ def test_a_preset_file_loads_and_round_trips_or_is_refused_naming_the_key(key, v
     ("model: {archx: c2d}\n", ["model.archx", "nl_instantiation"]),
     ("train: {steps: many}\n", ["train.steps", "int"]),
     ("data: {train_short_side: 256}\n", ["data.train_short_side", "List[int]"]),
+    ("data: {flip_label_map: 3}\n", ["data.flip_label_map", "List[List[str]]"]),
     ("model: 3\n", ["'model'", "arch"]),
     ("modle: {arch: c2d}\n", ["modle", "model"]),
     ("- a\n- b\n", ["mapping"]),
