@@ -191,6 +191,9 @@ def _auth_env(tmp: Path) -> dict[str, str]:
 
 def _base_env(env: dict[str, str] | None, auth: dict[str, str]) -> dict[str, str]:
     out = {**os.environ, **(env or {}), **auth}
+    # `ray job submit -- python job.py` runs `python` from the node's PATH: make it this interpreter, whose
+    # bin holds the `ray` that starts the nodes, even when its venv is not activated
+    out["PATH"] = os.pathsep.join([str(RAY.parent), *(p for p in out.get("PATH", "").split(os.pathsep) if p)])
     out.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over RAY_AUTH_TOKEN_PATH
     out.pop("RAY_ADDRESS", None)
     out.setdefault("RAY_USAGE_STATS_ENABLED", "0")

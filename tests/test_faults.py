@@ -55,7 +55,7 @@ def test_a_training_set_with_no_decodable_video_stops_with_its_reasons(env, tmp_
         (root / "train" / f"v{i}.mp4").write_bytes(os.urandom(4000 + i))
         lines.append(f"train/v{i}.mp4 {i % 2}")
     (root / "train.txt").write_text("\n".join(lines) + "\n")
-    cfg = config(env, "name=garbage", f"data.root={root}", "train.steps=4")
+    cfg = config(env, "name=garbage", f"data.root={root}", "data.repeat=1", "train.steps=4")
     t0 = time.monotonic()
     with pytest.raises(NoDataError) as err:
         fit(cfg)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from console import assert_console, strict_warnings
@@ -23,12 +24,14 @@ from nlray.local_cluster import RAY, start_autoscaling_cluster, start_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "shared"
-# The embedded default's two stages, shrunk: 8-frame clips, a few steps each, the tiny synthetic set.
-TINY_DEMO = ["data.synthetic=tiny", "data.frames=8", "data.repeat=2", "data.eval_num_clips=1",
+# The embedded default's two stages, shrunk: 8-frame clips, a few steps each, the tiny synthetic set; 24 steps
+# an epoch, as each new epoch restarts the decoder pool (~6 s on 2 cores).
+TINY_DEMO = ["data.synthetic=tiny", "data.frames=8", "data.repeat=24", "data.eval_num_clips=1",
              "train.steps=4", "train.log_every=2", "train.checkpoint_every=2", "train.warmup_steps=0",
              "train.lr_milestones=[1000]", "data.decode_actors=1", "data.decode_actors_max=2"]
 
 pytestmark = pytest.mark.cluster
+IDLE_TIMEOUT_S = 30  # the autoscaling test's idle_timeout_minutes, in seconds
 
 
 def cluster_env(s3_endpoint: str, mlflow_server: str, bucket: str) -> dict[str, str]:
@@ -190,7 +193,10 @@ def autoscaling(s3_endpoint, mlflow_server, tmp_path):
     """Ray's fake multi-node provider with cluster/local/autoscaling.yaml: a head with no CPUs, no worker nodes."""
     env = {**cluster_env(s3_endpoint, mlflow_server, "autoscaled"),
            "NLRAY_TRAIN_RESOURCE": "nlray_train", "NLRAY_DECODE_RESOURCE": "nlray_decode"}
-    c = start_autoscaling_cluster(ROOT / "cluster" / "local" / "autoscaling.yaml", env, tmp=tmp_path / "ray")
+    config = yaml.safe_load((ROOT / "cluster" / "local" / "autoscaling.yaml").read_text())
+    config["idle_timeout_minutes"] = IDLE_TIMEOUT_S / 60  # the shipped 1 minute, shortened to spare CI's time
+    (tmp_path / "autoscaling.yaml").write_text(yaml.safe_dump(config))
+    c = start_autoscaling_cluster(tmp_path / "autoscaling.yaml", env, tmp=tmp_path / "ray")
     try:
         yield c
     finally:
@@ -220,11 +226,11 @@ def test_a_submitted_job_makes_the_autoscaler_add_train_and_decode_nodes_then_re
     assert status == "SUCCEEDED", logs[-4000:]
     assert max(t for _, t, _ in timeline) == 2  # one train slot per node here: 2 workers, 2 train nodes
     assert max(d for _, _, d in timeline) >= 1
-    while count_types(nodes := autoscaling.nodes()) != (0, 0):  # idle_timeout_minutes: 1
+    while count_types(nodes := autoscaling.nodes()) != (0, 0):  # idle for IDLE_TIMEOUT_S
         timeline.append((round(time.monotonic() - t0), *count_types(nodes)))
         assert time.monotonic() - t0 - done < 180, f"nodes not removed: {timeline}"
         time.sleep(3)
     timeline.append((round(time.monotonic() - t0), 0, 0))
     changes = [row for i, row in enumerate(timeline) if i == 0 or row[1:] != timeline[i - 1][1:]]
     print(f"\njob done at {done:.0f}s; (seconds, train nodes, decode nodes) at each change: {changes}")
-    assert timeline[-1][0] - done > 30  # removed for idleness, after the job, not lost early
+    assert timeline[-1][0] - done > IDLE_TIMEOUT_S * 2 / 3  # removed for idleness, after the job, not lost early
