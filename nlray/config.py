@@ -246,30 +246,24 @@ def _merge(schema, layer, what: str, key_hint: str = ""):
     try:
         return OmegaConf.merge(schema, layer)
     except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or key_hint or _bad_section(layer) or _bad_leaf(schema, layer) or "?"
+        key = getattr(e, "full_key", None) or key_hint or _bad_key(schema, layer) or "?"
         msg = str(e).splitlines()[0].rstrip(".")
         hint = f" Allowed keys here: {_allowed_keys(key)}" if "not in" in msg else _type_hint(key)
         raise ConfigError(f"{what}: {key!r}: {msg}.{hint}") from None
 
 
-def _bad_leaf(schema, layer: Any) -> str:
-    """The first ``section.leaf`` of a preset layer that fails to merge on its own; '' if none.
+def _bad_key(schema, layer: Any) -> str:
+    """The first ``section`` or ``section.leaf`` of a preset layer that fails to merge on its own; '' if none.
 
-    OmegaConf names no key when, e.g., an int is given for a list field."""
+    OmegaConf names no key when a section is not a mapping (``model: 3``) or a list field gets a scalar."""
     for section, values in (layer.items() if isinstance(layer, dict) else []):
-        for leaf, value in (values.items() if isinstance(values, dict) else []):
+        parts = values.items() if isinstance(values, dict) else [("", values)]
+        for leaf, value in parts:
             try:
-                OmegaConf.merge(schema, {section: {leaf: value}})
+                OmegaConf.merge(schema, {section: {leaf: value} if leaf else value})
             except OmegaConfBaseException:
-                return f"{section}.{leaf}"
+                return f"{section}.{leaf}" if leaf else section
     return ""
-
-
-def _bad_section(layer: Any) -> str:
-    """The first section of a preset layer (``model: 3``) that is not a mapping; '' if none."""
-    sections = [f.name for f in dataclasses.fields(Config) if f.name != "name"]
-    items = layer.items() if isinstance(layer, dict) else []
-    return next((k for k, v in items if k in sections and not isinstance(v, dict)), "")
 
 
 def _type_hint(full_key: str) -> str:

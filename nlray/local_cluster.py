@@ -276,13 +276,15 @@ def start_cluster(*, nodes: list[dict], env: dict[str, str] | None = None, tmp: 
 
 def start_autoscaling_cluster(config_path: Path, env: dict[str, str] | None = None, *,
                               tmp: Path, update_interval_s: int = 1,
+                              idle_timeout_minutes: Optional[float] = None,
                               timeout: float = 120.0) -> LocalCluster:
     """Start a head whose autoscaler adds and removes "nodes" with Ray's fake multi-node provider.
 
     ``config_path`` is a complete cluster config (``cluster/local/autoscaling.yaml``). The fake nodes
     connect to ``provider.gcs_address``, or to ``<node ip>:6379`` when it is absent; a copy of the config
     with ``gcs_address`` set to a free port is used, so that this can run beside another Ray on 6379.
-        """
+    ``idle_timeout_minutes``, when given, replaces the config's (tests wait less for idle nodes to go).
+    """
     tmp = Path(tmp)
     tmp.mkdir(parents=True, exist_ok=True)
     auth = _auth_env(tmp)
@@ -294,6 +296,8 @@ def start_autoscaling_cluster(config_path: Path, env: dict[str, str] | None = No
     gcs = f"{LOCALHOST}:{port}"
     config = yaml.safe_load(Path(config_path).read_text())
     config["provider"]["gcs_address"] = gcs
+    if idle_timeout_minutes is not None:
+        config["idle_timeout_minutes"] = idle_timeout_minutes
     run_config = tmp / "autoscaling.run.json"
     run_config.write_text(json.dumps(config, indent=1))
     temp_dir = _short_temp_dir()

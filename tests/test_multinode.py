@@ -16,7 +16,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from console import assert_console, strict_warnings
@@ -193,10 +192,8 @@ def autoscaling(s3_endpoint, mlflow_server, tmp_path):
     """Ray's fake multi-node provider with cluster/local/autoscaling.yaml: a head with no CPUs, no worker nodes."""
     env = {**cluster_env(s3_endpoint, mlflow_server, "autoscaled"),
            "NLRAY_TRAIN_RESOURCE": "nlray_train", "NLRAY_DECODE_RESOURCE": "nlray_decode"}
-    config = yaml.safe_load((ROOT / "cluster" / "local" / "autoscaling.yaml").read_text())
-    config["idle_timeout_minutes"] = IDLE_TIMEOUT_S / 60  # the shipped 1 minute, shortened to spare CI's time
-    (tmp_path / "autoscaling.yaml").write_text(yaml.safe_dump(config))
-    c = start_autoscaling_cluster(tmp_path / "autoscaling.yaml", env, tmp=tmp_path / "ray")
+    c = start_autoscaling_cluster(ROOT / "cluster" / "local" / "autoscaling.yaml", env, tmp=tmp_path / "ray",
+                                  idle_timeout_minutes=IDLE_TIMEOUT_S / 60)  # the shipped 1 minute is CI's time
     try:
         yield c
     finally:
