@@ -147,7 +147,15 @@ class Run:
         entity = Dataset(name=dataset.name, digest=dataset.digest, source_type=dataset.source_type(),
                          source=json.dumps({"uri": dataset.source}), schema=json.dumps(MANIFEST_SCHEMA),
                          profile=json.dumps(dataset.profile()))
-        _client(self.uri).log_inputs(self.id, datasets=[DatasetInput(entity, [InputTag(*DATASET_CONTEXT)])])
+        inputs = [DatasetInput(entity, [InputTag(*DATASET_CONTEXT)])]
+        try:
+            _client(self.uri).log_inputs(self.id, datasets=inputs)
+        except Exception as e:  # noqa: BLE001 - only the race below is retried
+            # Runs of one experiment that start together (a table's trials) race to insert the same dataset
+            # row: the loser gets the store's unique-constraint error, and the row it lost to is there now.
+            if "unique constraint" not in str(e).lower() and "duplicate key" not in str(e).lower():
+                raise
+            _client(self.uri).log_inputs(self.id, datasets=inputs)
 
     def metric_history(self, key: str) -> list[tuple[int, float]]:
         """[(step, value), ...] of one metric, by step."""

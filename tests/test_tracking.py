@@ -176,3 +176,20 @@ def test_the_confusion_plot_renders_with_class_names_and_past_the_limit_without(
     many = tracking.confusion_png(np.eye(61, dtype=int), [f"c{i}" for i in range(61)], tmp_path / "m.png")
     for png in (small, many):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_that_start_together_all_record_the_same_dataset(mlflow_server):
+    # a table's trials start at once and log one dataset into one experiment: the store's row is inserted once
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds = tracking.manifest_dataset(MANIFEST, ["x", "y"], name="k", source="s3://b/k")
+    client = MlflowClient(mlflow_server)
+    runs = []
+    for _ in range(4):  # 4 experiments of 8 runs: without the retry, 3 runs of 3 failed here
+        exp = client.create_experiment(f"t-race-{time.time_ns()}")
+        runs += [batch := [tracking.Run(client.create_run(exp).info.run_id, mlflow_server) for _ in range(8)]]
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda r: r.log_dataset(ds), batch))
+    for r in (r for batch in runs for r in batch):
+        (got,) = client.get_run(r.id).inputs.dataset_inputs
+        assert (got.dataset.name, got.dataset.digest) == ("k", ds.digest)
