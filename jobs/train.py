@@ -10,11 +10,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nlray.train.cli import parse, run_job  # noqa: E402
-from nlray.train.trainer import fit  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    cfg = parse(__doc__, "demo", argv)
+    cfg = parse(__doc__, "demo", argv)  # --help and a bad command line exit here, before torch and Ray load
+    from nlray.train.trainer import fit
+
     result = run_job(fit, cfg)
     print(result)
     return result

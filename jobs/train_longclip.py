@@ -16,17 +16,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nlray.train.cli import console_logging, parse, run_job  # noqa: E402
-from nlray.train.demo import run_demo  # noqa: E402
-from nlray.train.trainer import fit  # noqa: E402
 
 
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] == "--demo":
+        from nlray.train.demo import run_demo
+
         console_logging()
         overrides = argv[1:]
         return run_job(run_demo, overrides, overrides)
-    cfg = parse(__doc__, "nl_i3d_r50_128f", argv)  # no --init-from: refused before Ray starts (frozen BN)
+    # --help and a bad command line exit here, before torch and Ray load; no --init-from: refused (frozen BN)
+    cfg = parse(__doc__, "nl_i3d_r50_128f", argv)
+    from nlray.train.trainer import fit
+
     result = run_job(fit, cfg)
     print(result)
     return result

@@ -27,8 +27,8 @@ pass no dtypes (uint8 and int64 stay as they are) or all of them.
 Shuffle: the manifest rows are permuted each time Ray plans the dataset, i.e. at every execution
 (epoch), by the ``ManifestRows`` datasource (see it for why not ``random_shuffle``), so each epoch
 has a new order. With ``data.shuffle_seed`` set, the sequence of orders is reproducible run to run
-and still differs from epoch to epoch. Rows travel in blocks of ``data.decode_batch`` so that all
-``data.decode_actors`` decoders get work.
+and still differs from epoch to epoch. The rows are read by twice as many tasks as the decoder pool has
+actors at most, one block each (``_rows_dataset``), so that every decoder gets work.
 Clips are made by the decoder actors of ``nlray.data.clips``; rows come from ``ManifestRows``.
 
 Flip: training clips are mirrored left-right with probability 1/2 when ``data.flip``; a mirrored clip of
@@ -162,10 +162,15 @@ def train_frame(df: pd.DataFrame, split: str, *, repeat: int = 1) -> pd.DataFram
 # ----------------------------------------------------------------------------------- datasets
 
 
-def _rows_dataset(rows: pd.DataFrame, *, block: int, shuffle: bool, seed: Optional[int] = None):
-    """Dataset of (uri, label_id, video_idx) in blocks of ``block`` rows, so that every actor works."""
-    source = ManifestRows(rows, block=block, shuffle=shuffle, seed=seed)
-    return ray.data.read_datasource(source, num_cpus=0)
+def _rows_dataset(rows: pd.DataFrame, data_cfg: Any, *, shuffle: bool, seed: Optional[int] = None):
+    """Dataset of (uri, label_id, video_idx), read by twice as many tasks as the decoder pool can have actors.
+
+    Each read task's rows reach the pool as one input, so that many keep every actor busy. More tasks buy
+    nothing: Ray's own choice (twice the cluster's CPUs) starts a worker process for each every epoch, ~8 s
+    of the first batch's wait on 2 cores (an actor waits for them to start too)."""
+    source = ManifestRows(rows, block=data_cfg.decode_batch, shuffle=shuffle, seed=seed)
+    tasks = 2 * max(data_cfg.decode_actors, data_cfg.decode_actors_max)
+    return ray.data.read_datasource(source, num_cpus=0, override_num_blocks=tasks)
 
 
 def decoder_pool(data_cfg: Any, resources: Optional[dict] = None) -> dict[str, Any]:
@@ -208,7 +213,7 @@ def build_train_dataset(df: pd.DataFrame, data_cfg: Any, *, run_name: str, seed:
     log_name = bad_video_log_name(run_name, data_cfg.train_split)
     bad_video_log(log_name)  # created on the driver: lives as long as the job
     rows = train_frame(df, data_cfg.train_split, repeat=data_cfg.repeat)
-    ds = _rows_dataset(rows, block=data_cfg.decode_batch, shuffle=True, seed=data_cfg.shuffle_seed)
+    ds = _rows_dataset(rows, data_cfg, shuffle=True, seed=data_cfg.shuffle_seed)
     kwargs = dict(frames=data_cfg.frames, stride=data_cfg.frame_stride,
                   short_side=tuple(data_cfg.train_short_side), crop_size=data_cfg.crop_size,
                   backend=data_cfg.backend, endpoint_url=data_cfg.s3_endpoint_url,
@@ -233,5 +238,5 @@ def build_eval_dataset(df: pd.DataFrame, data_cfg: Any, *, run_name: str, split:
         raise ValueError(f"data.eval_crop_size={kwargs['crop_size']} must be <= "
                          f"data.eval_short_side={kwargs['short_side']}")
     rows = split_frame(df, split)
-    return _rows_dataset(rows, block=data_cfg.decode_batch, shuffle=False).map_batches(
+    return _rows_dataset(rows, data_cfg, shuffle=False).map_batches(
         EvalClipDecoder, fn_constructor_kwargs=kwargs, **decoder_pool(data_cfg, resources))
