@@ -30,7 +30,7 @@ TINY_DEMO = ["data.synthetic=tiny", "data.frames=8", "data.repeat=24", "data.eva
              "train.lr_milestones=[1000]", "data.decode_actors=1", "data.decode_actors_max=2"]
 
 pytestmark = pytest.mark.cluster
-IDLE_TIMEOUT_S = 30  # the autoscaling test's idle_timeout_minutes, in seconds
+IDLE_TIMEOUT_S = 15  # the autoscaling test's idle_timeout_minutes, in seconds
 
 
 def cluster_env(s3_endpoint: str, mlflow_server: str, bucket: str) -> dict[str, str]:

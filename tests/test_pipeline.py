@@ -217,6 +217,20 @@ def test_manifest_rows_new_order_each_plan_and_blocks():
     assert plan(ManifestRows(df, block=3, shuffle=False)) == list(range(23))
 
 
+
+@pytest.mark.parametrize("actors, actors_max, blocks", [(2, 0, 4), (2, 8, 16), (1, 0, 2)])
+def test_the_rows_reach_the_decoders_in_twice_as_many_blocks_as_the_pool_has_actors_at_most(
+        ray_local, actors, actors_max, blocks):
+    # one block is one decoder task: fewer than the pool's actors would leave some idle; Ray's default
+    # (twice the cluster's CPUs) started a read worker per block every epoch
+    from nlray.data.pipeline import _rows_dataset
+
+    rows = pd.DataFrame({"uri": [f"u{i}" for i in range(64)], "label_id": np.arange(64) % 4})
+    cfg = DataConfig(decode_actors=actors, decode_actors_max=actors_max, decode_batch=2)
+    got = _rows_dataset(rows, cfg, shuffle=True, seed=0).materialize()
+    assert got.num_blocks() == blocks
+    assert sorted(got.to_pandas().video_idx) == list(range(64))
+
 # ------------------------------------------------------------------------- flips and mirror labels
 
 FLIP_CFG = dict(frames=8, frame_stride=2, train_short_side=[48, 48], crop_size=48, decode_batch=2,
