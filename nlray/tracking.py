@@ -147,13 +147,16 @@ class Run:
         entity = Dataset(name=dataset.name, digest=dataset.digest, source_type=dataset.source_type(),
                          source=json.dumps({"uri": dataset.source}), schema=json.dumps(MANIFEST_SCHEMA),
                          profile=json.dumps(dataset.profile()))
+        from mlflow.exceptions import MlflowException
+
         inputs = [DatasetInput(entity, [InputTag(*DATASET_CONTEXT)])]
         try:
             _client(self.uri).log_inputs(self.id, datasets=inputs)
-        except Exception as e:  # noqa: BLE001 - only the race below is retried
+        except MlflowException as e:
             # Runs of one experiment that start together (a table's trials) race to insert the same dataset
-            # row: the loser gets the store's unique-constraint error, and the row it lost to is there now.
-            if "unique constraint" not in str(e).lower() and "duplicate key" not in str(e).lower():
+            # row: the loser gets the store's unique-key error (sqlite, postgres, mysql wording), and the
+            # row it lost to is there now, so once more finds it.
+            if not any(w in str(e).lower() for w in ("unique constraint", "duplicate key", "duplicate entry")):
                 raise
             _client(self.uri).log_inputs(self.id, datasets=inputs)
 
