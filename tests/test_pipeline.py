@@ -217,7 +217,6 @@ def test_manifest_rows_new_order_each_plan_and_blocks():
     assert plan(ManifestRows(df, block=3, shuffle=False)) == list(range(23))
 
 
-
 @pytest.mark.parametrize("actors, actors_max, blocks", [(2, 0, 4), (2, 8, 16), (1, 0, 2)])
 def test_the_rows_reach_the_decoders_in_twice_as_many_blocks_as_the_pool_has_actors_at_most(
         ray_local, actors, actors_max, blocks):
@@ -230,6 +229,7 @@ def test_the_rows_reach_the_decoders_in_twice_as_many_blocks_as_the_pool_has_act
     got = _rows_dataset(rows, cfg, shuffle=True, seed=0).materialize()
     assert got.num_blocks() == blocks
     assert sorted(got.to_pandas().video_idx) == list(range(64))
+
 
 # ------------------------------------------------------------------------- flips and mirror labels
 

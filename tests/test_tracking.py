@@ -187,9 +187,10 @@ def test_runs_that_start_together_all_record_the_same_dataset(mlflow_server):
     runs = []
     for _ in range(4):  # 4 experiments of 8 runs: without the retry, 3 runs of 3 failed here
         exp = client.create_experiment(f"t-race-{time.time_ns()}")
-        runs += [batch := [tracking.Run(client.create_run(exp).info.run_id, mlflow_server) for _ in range(8)]]
+        batch = [tracking.Run(client.create_run(exp).info.run_id, mlflow_server) for _ in range(8)]
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda r: r.log_dataset(ds), batch))
-    for r in (r for batch in runs for r in batch):
+        runs += batch
+    for r in runs:
         (got,) = client.get_run(r.id).inputs.dataset_inputs
         assert (got.dataset.name, got.dataset.digest) == ("k", ds.digest)

@@ -169,8 +169,12 @@ def _rows_dataset(rows: pd.DataFrame, data_cfg: Any, *, shuffle: bool, seed: Opt
     nothing: Ray's own choice (twice the cluster's CPUs) starts a worker process for each every epoch, ~8 s
     of the first batch's wait on 2 cores (an actor waits for them to start too)."""
     source = ManifestRows(rows, block=data_cfg.decode_batch, shuffle=shuffle, seed=seed)
-    tasks = 2 * max(data_cfg.decode_actors, data_cfg.decode_actors_max)
-    return ray.data.read_datasource(source, num_cpus=0, override_num_blocks=tasks)
+    return ray.data.read_datasource(source, num_cpus=0, override_num_blocks=2 * _most_actors(data_cfg))
+
+
+def _most_actors(data_cfg: Any) -> int:
+    """The decoder pool's largest size: ``data.decode_actors_max``, or ``data.decode_actors`` when fixed (0)."""
+    return max(data_cfg.decode_actors, data_cfg.decode_actors_max)
 
 
 def decoder_pool(data_cfg: Any, resources: Optional[dict] = None) -> dict[str, Any]:
@@ -178,8 +182,7 @@ def decoder_pool(data_cfg: Any, resources: Optional[dict] = None) -> dict[str, A
     ``data.decode_actors_max`` actors (Ray Data grows it when decoding lags, and pending actors make the
     autoscaler add decode nodes), each with ``data.decode_cpus`` CPUs and ``resources`` (e.g. one unit of
     the decode node type's custom resource, so that decoding runs on decode nodes)."""
-    hi = max(data_cfg.decode_actors, data_cfg.decode_actors_max)
-    return {"compute": ray.data.ActorPoolStrategy(min_size=data_cfg.decode_actors, max_size=hi),
+    return {"compute": ray.data.ActorPoolStrategy(min_size=data_cfg.decode_actors, max_size=_most_actors(data_cfg)),
             "num_cpus": data_cfg.decode_cpus, "resources": resources or None,
             "batch_size": data_cfg.decode_batch}
 
