@@ -18,7 +18,11 @@ TEMPORAL_PADDING = ("zeros", "replicate")
 DECODE_BACKENDS = ("pyav", "decord")
 SYNTHETIC_SETS = ("demo", "tiny", "longrange")  # nlray.data.synthetic SPECS: DEMO_SPEC | TINY_SPEC | long-range relation
 TEST_HEADS = ("pool", "conv")  # average the res5 map then classify | released code's fully convolutional test
-BAD_VIDEO_REASONS = ("missing", "empty", "truncated", "undecodable", "unreachable", "timeout")
+# Why a video was dropped (nlray/data/badvideo.py); the last four are the limits of untrusted input
+# (README "Security"): a row outside the dataset root, too many bytes, a frame too large or too thin, a
+# packet flood.
+BAD_VIDEO_REASONS = ("missing", "empty", "truncated", "undecodable", "unreachable", "timeout",
+                     "outside_root", "too_large", "frame_size", "too_many_packets")
 
 
 def check_choice(name: str, value: object, allowed: tuple) -> None:

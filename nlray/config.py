@@ -90,6 +90,15 @@ class DataConfig:
     repeat: int = 1  # passes over the train split per Ray Data epoch (small sets: amortise pipeline start-up)
     flip: bool = True  # mirror training clips left-right with probability 1/2
     flip_label_map: List[List[str]] = field(default_factory=list)  # [[a, b], ...]: a mirrored a-clip is a b-clip
+    # Untrusted input (README "Security"): a row of a dataset file outside the root (``..``, an absolute path
+    # elsewhere, another scheme or bucket) is refused and counted (``outside_root``) unless this is true.
+    allow_outside_root: bool = False
+    # Limits per video; a video over one is a bad video with its own reason (nlray/choices.py BAD_VIDEO_REASONS).
+    max_video_bytes: int = 256 * 2**20  # bytes read of one object (Kinetics: 1-20 MB) -> too_large
+    max_frame_pixels: int = 3840 * 2160  # width x height of the coded frame -> frame_size
+    max_aspect_ratio: float = 4.0  # long side / short side (16x16384 scaled to 256 short side: 3 GiB) -> frame_size
+    max_packets: int = 100_000  # packets demuxed from one video (~55 min at 30 fps) -> too_many_packets
+    decode_timeout_s: float = 60.0  # wall time to decode one video's clip(s) (probe, transcode too) -> timeout
 
 
 @dataclass
@@ -181,7 +190,8 @@ ENV_DEFAULTS = {"NLRAY_STORAGE": "train.storage_path", "NLRAY_DATA": "data.root"
                 "NLRAY_DECODE_RESOURCE": "cluster.decode_resource"}
 POSITIVE = ("data.frames", "data.frame_stride", "data.crop_size", "data.eval_short_side",
             "data.eval_crop_size", "data.eval_num_clips", "data.eval_num_crops", "data.batch_size",
-            "data.decode_actors", "data.decode_batch", "data.repeat", "model.width",
+            "data.decode_actors", "data.decode_batch", "data.repeat", "model.width", "data.max_video_bytes",
+            "data.max_frame_pixels", "data.max_packets", "data.decode_timeout_s",
             "model.nl_temporal_groups", "train.num_workers", "train.steps", "train.base_batch",
             "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.base_lr",
             "train.lr_gamma")
@@ -397,6 +407,8 @@ def validate(cfg: Config) -> None:
     if cfg.data.decode_actors_max and cfg.data.decode_actors_max < cfg.data.decode_actors:
         raise ConfigError(f"data.decode_actors_max={cfg.data.decode_actors_max} must be 0 (a fixed pool) or "
                           f">= data.decode_actors={cfg.data.decode_actors}")
+    if cfg.data.max_aspect_ratio < 1.0:
+        raise ConfigError(f"data.max_aspect_ratio={cfg.data.max_aspect_ratio!r} must be >= 1 (long side / short side)")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout={cfg.model.dropout!r} must be in [0, 1)")
     for pair in cfg.data.flip_label_map:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from nlray.choices import BAD_VIDEO_REASONS
 
-__all__ = ["REASONS", "BadVideo", "DecodeDeadline", "container_truncated", "mp4_structure", "failure_reason"]
+__all__ = ["REASONS", "BadVideo", "VideoLimits", "DecodeDeadline", "container_truncated", "mp4_structure", "failure_reason"]
 
 REASONS = BAD_VIDEO_REASONS
 # ISO-BMFF (mp4/mov) top-level boxes: seeing one first means "this is an mp4".
@@ -44,6 +45,33 @@ class BadVideo(Exception):
 
     def __reduce__(self):  # picklable across Ray processes despite the custom __init__
         return BadVideo, (self.reason, self.uri, self.detail)
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """What one untrusted video may cost before it is dropped as bad (README "Security").
+
+    Each limit has its own reason: ``too_large`` (bytes of the object), ``frame_size`` (width x height
+    of the coded frame, or long side / short side: a 16x16384 video scaled to a 256 short side is 3 GiB
+    a frame set), ``too_many_packets`` (packets demuxed) and ``timeout`` (wall time, ``DecodeDeadline``).
+    None: no limit. Picklable: decoders, probe and transcode actors receive one.
+    """
+
+    max_bytes: Optional[int] = 256 * 2**20
+    max_frame_pixels: Optional[int] = 3840 * 2160
+    max_aspect_ratio: Optional[float] = 4.0
+    max_packets: Optional[int] = 100_000
+    timeout_s: Optional[float] = 60.0
+
+    @classmethod
+    def from_config(cls, data_cfg: Any) -> "VideoLimits":
+        """The limits of a ``DataConfig`` (``data.max_video_bytes`` ... ``data.decode_timeout_s``)."""
+        return cls(max_bytes=data_cfg.max_video_bytes, max_frame_pixels=data_cfg.max_frame_pixels,
+                   max_aspect_ratio=data_cfg.max_aspect_ratio, max_packets=data_cfg.max_packets,
+                   timeout_s=data_cfg.decode_timeout_s)
+
+    def deadline(self, uri: str = "") -> "DecodeDeadline":
+        return DecodeDeadline(self.timeout_s, uri)
 
 
 class DecodeDeadline:
