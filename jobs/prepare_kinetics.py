@@ -10,10 +10,16 @@
 --root is the official layout (annotations/{train,validate,test}.csv + train/ val/ test/ videos,
 flat or per class), a folder with `path label` lists (train.txt, val.txt, ...) or one list file.
 --out receives the manifest you train on (data.root=...parquet), labels.json and missing.txt
-(annotated videos that do not exist: left out, counted on stdout). With --transcode the videos are
+(annotated videos that do not exist: left out, counted on stdout). A row of a list file or an
+annotation that names a file outside --root (`..`, an absolute path or URI elsewhere, another
+bucket) is refused, never read: counted on stdout and listed in outside_root.txt beside --out,
+unless --allow-outside-root (data.allow_outside_root). With --transcode the videos are
 re-encoded below OUT_URI (same relative paths, annotations copied) and --out describes the new
 copies; failures are listed in transcode_report.csv beside --out. With --probe every video is
 opened once in parallel (Ray Data) and the manifest gets status / num_frames / fps / width / height.
+--probe and --transcode read and decode each video with PyAV under the per-video limits (the
+data.max_* / data.decode_timeout_s defaults, or --max-video-bytes ... --decode-timeout-s; 0: no
+limit): a video over one gets its reason (too_large, frame_size, too_many_packets, timeout).
 The last line printed is a JSON summary.
 """
 from __future__ import annotations
@@ -28,8 +34,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nlray import raycluster  # noqa: E402
+from nlray.config import DataConfig  # noqa: E402
 from nlray.data import storage  # noqa: E402
-from nlray.data.dataset import build_manifest  # noqa: E402
+from nlray.data.badvideo import VideoLimits  # noqa: E402
+from nlray.data.dataset import outside_root_line, scan_dataset  # noqa: E402
 from nlray.data.manifest import ManifestError, write_manifest  # noqa: E402
 from nlray.data.probe import probe_manifest  # noqa: E402
 from nlray.data.storage import StorageError  # noqa: E402
@@ -52,13 +60,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--endpoint-url", default="", help="S3-compatible endpoint (else AWS_ENDPOINT_URL[_S3])")
     p.add_argument("--ray-address", default="", help="Ray cluster (default: RAY_ADDRESS or local)")
     p.add_argument("--concurrency", type=int, default=0, help="max actors (0: the cluster's CPUs)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="keep list/annotation rows naming files outside --root (data.allow_outside_root)")
+    limits = VideoLimits.from_config(DataConfig())  # the data.max_* / data.decode_timeout_s defaults
+    p.add_argument("--max-video-bytes", type=int, default=limits.max_bytes,
+                   help="--probe/--transcode: bytes read of one video (0: no limit) -> too_large")
+    p.add_argument("--max-frame-pixels", type=int, default=limits.max_frame_pixels,
+                   help="width x height of a frame (0: no limit) -> frame_size")
+    p.add_argument("--max-aspect-ratio", type=float, default=limits.max_aspect_ratio,
+                   help="long side / short side (0: no limit) -> frame_size")
+    p.add_argument("--max-packets", type=int, default=limits.max_packets,
+                   help="packets demuxed from one video (0: no limit) -> too_many_packets")
+    p.add_argument("--decode-timeout-s", type=float, default=limits.timeout_s,
+                   help="seconds to read, probe or transcode one video (0: no limit) -> timeout")
     args = p.parse_args(argv)
     if not args.out.endswith(".parquet"):
         p.error(f"--out {args.out!r} must end with .parquet")
     if args.short_side < 2 or args.keyint < 1 or args.min_frames < 0:
         p.error(f"--short-side {args.short_side} must be >= 2, --keyint {args.keyint} >= 1, "
                 f"--min-frames {args.min_frames} >= 0")
+    for flag in ("max_video_bytes", "max_frame_pixels", "max_aspect_ratio", "max_packets", "decode_timeout_s"):
+        if getattr(args, flag) < 0:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be >= 0 (0: no limit)")
+    if 0 < args.max_aspect_ratio < 1:
+        p.error(f"--max-aspect-ratio {args.max_aspect_ratio} must be >= 1 (long side / short side) or 0")
     return args
+
+
+def video_limits(args: argparse.Namespace) -> VideoLimits:
+    """The per-video limits of the command line (0: none)."""
+    return VideoLimits(max_bytes=args.max_video_bytes or None, max_frame_pixels=args.max_frame_pixels or None,
+                       max_aspect_ratio=args.max_aspect_ratio or None, max_packets=args.max_packets or None,
+                       timeout_s=args.decode_timeout_s or None)
 
 
 def transcode(args: argparse.Namespace, df):
@@ -67,7 +100,7 @@ def transcode(args: argparse.Namespace, df):
     new, report = transcode_dataset(df, root=args.root, out_root=args.transcode,
                                     short_side=args.short_side, keyint=args.keyint, crf=args.crf,
                                     preset=args.x264_preset, endpoint_url=args.endpoint_url,
-                                    concurrency=args.concurrency or None)
+                                    concurrency=args.concurrency or None, limits=video_limits(args))
     failed = report[report["status"] != "ok"]
     folder = args.out.rsplit("/", 1)[0] if "/" in args.out else "."
     buf = io.StringIO()
@@ -80,10 +113,15 @@ def transcode(args: argparse.Namespace, df):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    df, labels, missing = build_manifest(args.root, endpoint_url=args.endpoint_url)
-    print(f"{len(df)} videos, {len(labels)} classes, {len(missing)} annotated videos missing")
+    df, labels, missing, outside = scan_dataset(args.root, endpoint_url=args.endpoint_url,
+                                                allow_outside_root=args.allow_outside_root)
+    print(f"{len(df)} videos, {len(labels)} classes, {len(missing)} annotated videos missing, "
+          f"{len(outside)} rows outside the root refused")
+    if outside:
+        print(outside_root_line(args.root, outside))
     summary: dict = {"root": args.root, "videos": len(df), "classes": len(labels),
-                     "missing": len(missing), "splits": df["split"].value_counts().to_dict()}
+                     "missing": len(missing), "outside_root": len(outside),
+                     "splits": df["split"].value_counts().to_dict()}
     if args.transcode:
         df, failed = transcode(args, df)
         print(f"transcoded {len(df)} videos to {args.transcode}; {len(failed)} failed")
@@ -91,15 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         raycluster.connect(args.ray_address)
         df = probe_manifest(df, endpoint_url=args.endpoint_url, min_frames=args.min_frames,
-                            concurrency=args.concurrency or None)
+                            concurrency=args.concurrency or None, limits=video_limits(args))
         summary["status"] = df["status"].value_counts().to_dict()
         print("probe: " + ", ".join(f"{k} {v}" for k, v in summary["status"].items()))
-    written = write_manifest(df, labels, args.out, missing=missing, endpoint_url=args.endpoint_url)
+    written = write_manifest(df, labels, args.out, missing=missing, outside_root=outside,
+                             endpoint_url=args.endpoint_url)
     if args.transcode:  # the new root describes itself too
         write_manifest(df, labels, storage.join(args.transcode, "manifest.parquet"),
                        endpoint_url=args.endpoint_url)
     if missing:
         print(f"missing videos listed in {written['missing']}")
+    if outside:
+        print(f"rows outside the root listed in {written['outside_root']}")
     summary.update(files=written, seconds=round(time.perf_counter() - start, 2))
     print(json.dumps(summary))
     return 0

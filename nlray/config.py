@@ -17,14 +17,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nlray import choices
-from nlray.secrets import redact
+from nlray.secrets import move_userinfo_to_env, redact, split_userinfo
+from nlray.uris import parse_uri
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -235,6 +236,7 @@ def _read_preset(name_or_path: str) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    _refuse_interpolation(data, f"preset {str(path)!r}")
     return data
 
 
@@ -329,13 +331,14 @@ def env_layer(environ: Optional[dict] = None) -> dict:
     for var, key in ENV_DEFAULTS.items():
         if environ.get(var):
             section, name = key.split(".")
-            layer.setdefault(section, {})[name] = environ[var]
+            layer.setdefault(section, {})[name] = _escaped(environ[var])  # data: never interpolated
     return layer
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """A new validated Config: ``cfg`` with dotted ``section.key=value`` overrides."""
-    return _overridden(OmegaConf.structured(cfg), overrides)
+    """A new validated Config: ``cfg`` with dotted ``section.key=value`` overrides (``cfg``'s strings are
+    data: a literal ``${`` in them stays literal)."""
+    return _overridden(OmegaConf.merge(OmegaConf.structured(Config), _escaped(dataclasses.asdict(cfg))), overrides)
 
 
 def _overridden(cfg, overrides: list[str]) -> Config:
@@ -343,6 +346,7 @@ def _overridden(cfg, overrides: list[str]) -> Config:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
         key, _, value = item.partition("=")
+        _refuse_interpolation({key.strip(): value}, f"override {item!r}")
         if value.strip().strip("'\"") == "???":  # OmegaConf's "missing": merging it would silently keep the old value
             raise ConfigError(f"override {item!r}: {key!r}: '???' is not a value.{_type_hint(key)}")
         try:
@@ -351,8 +355,27 @@ def _overridden(cfg, overrides: list[str]) -> Config:
             raise ConfigError(f"override {item!r}: {key!r}: {' '.join(str(e).split())}") from None
         cfg = _merge(cfg, layer, f"override {item!r}", key.strip())
     obj = _to_object(cfg, "overrides")
+    obj.tracking.uri = move_userinfo_to_env(obj.tracking.uri)  # credentials live in the environment only
     validate(obj)
     return obj
+
+
+# An OmegaConf interpolation: "${" after an even number of backslashes ("\\${" is an escaped literal).
+_INTERPOLATION = re.compile(r"(?<!\\)(?:\\\\)*\$\{")
+
+
+def _refuse_interpolation(value: Any, what: str, key: str = "") -> None:
+    """ConfigError for a string holding ``${...}``: configs are data (a stored config resolving
+    ``${oc.env:AWS_SECRET_ACCESS_KEY}`` would read the reader's environment); ``\\${`` is a literal."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_interpolation(v, what, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _refuse_interpolation(v, what, f"{key}[{i}]")
+    elif isinstance(value, str) and _INTERPOLATION.search(value):
+        raise ConfigError(f"{what}: {key!r}: {value!r} holds an interpolation '${{...}}': nlray reads configs as "
+                          "data and resolves none (write a literal '${' as '\\${')")
 
 
 def get(cfg: Config, dotted: str) -> Any:
@@ -381,6 +404,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}={get(cfg, key)!r} must be >= 0")
     if cfg.train.max_failures < -1:
         raise ConfigError(f"train.max_failures={cfg.train.max_failures} must be >= -1 (-1: retry forever)")
+    _check_uris(cfg)
     if not 0.0 <= cfg.train.momentum < 1.0:
         raise ConfigError(f"train.momentum={cfg.train.momentum!r} must be in [0, 1)")
     if any(type(m) is not int or m < 0 for m in cfg.train.lr_milestones):
@@ -420,6 +444,32 @@ def validate(cfg: Config) -> None:
                           f"{cfg.train.num_workers * cfg.data.batch_size}")
 
 
+def _check_uris(cfg: Config) -> None:
+    """ConfigError for a storage URI of an unsupported form, and for credentials inside an endpoint URI."""
+    uris = {"data.root": cfg.data.root, "train.storage_path": cfg.train.storage_path,
+            "data.cache_dir": cfg.data.cache_dir}
+    if cfg.train.init_from and not _is_run_ref(cfg.train.init_from):
+        uris["train.init_from"] = cfg.train.init_from
+    if cfg.model.pretrained not in ("none", "imagenet"):
+        uris["model.pretrained"] = cfg.model.pretrained
+    for key, uri in uris.items():
+        if uri:
+            try:
+                parse_uri(uri)
+            except ValueError as e:
+                raise ConfigError(f"{key}: {e}") from None
+    for key in ("data.s3_endpoint_url", "cluster.address"):
+        if split_userinfo(get(cfg, key))[1] is not None:
+            raise ConfigError(f"{key}={get(cfg, key)!r} holds credentials (user:password@): give them in the "
+                              "environment the client reads instead (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+                              "for S3, RAY_AUTH_TOKEN for Ray)")
+
+
+def _is_run_ref(ref: str) -> bool:
+    """An MLflow run id (32 hex digits) or ``runs:/<id>[/path]`` (nlray/train/checkpoint.py reads them)."""
+    return bool(re.fullmatch(r"[0-9a-f]{32}", ref)) or ref.startswith("runs:/")
+
+
 def _check_placement(m: ModelConfig) -> None:
     """ConfigError unless every ``model.nonlocal_placement`` entry is [stage 2..5, block of that stage]."""
     depths = list(m.stage_depths or choices.STAGE_DEPTHS[m.depth])
@@ -448,17 +498,57 @@ def _escaped(value: Any) -> Any:
 
 
 def from_yaml(text: str) -> Config:
-    """The config saved in a checkpoint or MLflow artifact, validated like a preset."""
+    """This process's own config back from ``to_yaml`` (the driver hands it to its workers), validated."""
+    cfg = _merge(OmegaConf.structured(Config), _saved_mapping(text), "saved config")
+    obj = _to_object(cfg, "saved config")
+    validate(obj)
+    return obj
+
+
+# What a config stored by someone else (a checkpoint's or an MLflow run's config.yaml) may decide: the
+# model and the shape of its clips. Where to connect, what to read, credentials and caches come from the
+# caller (README "Security").
+STORED_DATA_KEYS = ("frames", "frame_stride", "crop_size", "train_short_side", "eval_short_side",
+                    "eval_crop_size", "eval_num_clips", "eval_num_crops", "backend", "synthetic", "train_split",
+                    "val_split", "batch_size")
+
+
+def from_stored(text: str, overrides: Sequence[str] = (), *, root: Optional[str] = None,
+                preset: str = "demo") -> Config:
+    """The caller's ``preset`` <- a stored config's model, clip-shape keys and name <- environment <-
+    overrides <- ``root``. A stored config trained on a dataset root names it only in the error when the
+    caller gives none."""
+    saved = _saved_mapping(text)
+    data = saved.get("data") if isinstance(saved.get("data"), dict) else {}
+    kept = {"model": saved.get("model", {}), "data": {k: data[k] for k in STORED_DATA_KEYS if k in data}}
+    if "name" in saved:
+        kept["name"] = saved["name"]
+    cfg = OmegaConf.structured(Config)
+    for name in preset.split(","):
+        for layer in _preset_layers(name.strip()):
+            cfg = _merge(cfg, layer, f"preset {name.strip()!r}")
+    cfg = _merge(cfg, {"model": OmegaConf.structured(ModelConfig)}, "defaults")  # the stored model, whole
+    cfg = _merge(cfg, kept, "saved config")
+    cfg = _merge(cfg, env_layer(), "environment")
+    obj = _overridden(cfg, list(overrides))
+    if root is not None:
+        obj.data.root = root
+    if not obj.data.root and data.get("root"):
+        raise ConfigError(f"the model was trained on data.root={str(data['root'])!r}: give the data to read "
+                          "(--data, NLRAY_DATA or data.root=): a stored config does not choose what to read")
+    validate(obj)
+    return obj
+
+
+def _saved_mapping(text: str) -> dict:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"saved config: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"saved config: expected a mapping at the top level, got {type(data).__name__}")
-    cfg = _merge(OmegaConf.structured(Config), data, "saved config")
-    obj = _to_object(cfg, "saved config")
-    validate(obj)
-    return obj
+    _refuse_interpolation(data, "saved config")
+    return data
 
 
 def flatten(cfg: Config) -> dict[str, Any]:

@@ -52,6 +52,9 @@ DATASET_CONTEXT = ("mlflow.data.context", "training")  # the input tag that fill
 # experiment opens on the runs table, charts and Compare
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 CONFUSION_TICKS_MAX = 60  # more classes than this: no class names on the confusion plot's axes
+# MLflow prints "View run <name> at: <tracking URI>/#/..." at every run end, into the job's log: off (a URI
+# may once have held a password; the run's page is found from the UI or jobs/compare.py).
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def resolve_uri(uri: str) -> str:

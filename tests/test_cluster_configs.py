@@ -250,7 +250,7 @@ def test_every_ray_pod_gets_env_defaults_and_the_s3_service_account(raycluster):
     pods = [raycluster["spec"]["headGroupSpec"]["template"]] + [
         g["template"] for g in raycluster["spec"]["workerGroupSpecs"]]
     for pod in pods:
-        assert pod["spec"]["serviceAccountName"] == "nlray"
+        assert pod["spec"]["serviceAccountName"] == "nlray-ray"
         env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0].get("env", [])}
         assert set(ENV_DEFAULTS) <= set(env)
         envs.append({k: env[k] for k in ENV_DEFAULTS})
@@ -273,13 +273,14 @@ def test_rayjob_runs_the_long_clip_job_on_the_same_cluster_and_cleans_up(rayjob,
 
 
 def test_serviceaccount_deployment_and_service(raycluster):
-    (sa,) = load_all(KUBE / "serviceaccount.yaml")
-    assert (sa["apiVersion"], sa["kind"], sa["metadata"]["name"]) == ("v1", "ServiceAccount", "nlray")
-    assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@-]+",
-                        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"])
+    sas = {d["metadata"]["name"]: d for d in load_all(KUBE / "serviceaccount.yaml")}
+    assert set(sas) == {"nlray-ray", "nlray-mlflow", "nlray-submitter"}
+    for sa in sas.values():
+        assert (sa["apiVersion"], sa["kind"]) == ("v1", "ServiceAccount")
+    sa = sas["nlray-mlflow"]
 
     docs = {d["kind"]: d for d in load_all(KUBE / "mlflow.yaml")}
-    assert set(docs) == {"PersistentVolumeClaim", "Deployment", "Service"}
+    assert set(docs) == {"PersistentVolumeClaim", "ConfigMap", "Deployment", "Service"}
     dep, svc = docs["Deployment"], docs["Service"]
     assert dep["apiVersion"] == "apps/v1" and svc["apiVersion"] == "v1"
     labels = dep["spec"]["template"]["metadata"]["labels"]
@@ -292,7 +293,7 @@ def test_serviceaccount_deployment_and_service(raycluster):
     port_names = {p["name"]: p["containerPort"] for p in c["ports"]}
     (sp,) = svc["spec"]["ports"]
     assert sp["port"] == 5000 and port_names[sp["targetPort"]] == 5000
-    assert {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]} == {
+    assert {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v} == {
         docs["PersistentVolumeClaim"]["metadata"]["name"]}
 
     args = dict(a.lstrip("-").split("=", 1) for a in c["args"])
@@ -329,8 +330,10 @@ def test_ray_and_python_versions_agree_everywhere(aws, raycluster, rayjob):
     docker = (KUBE / "Dockerfile").read_text()
     base = re.search(r"^ARG RAY_IMAGE=(\S+)$", docker, re.M).group(1)
     assert base == f"rayproject/ray:{RAY_VERSION}-{PY_TAG}-gpu"
-    assert re.search(r"^FROM \$\{RAY_IMAGE\}$", docker, re.M)
-    assert f'"ray[default,train,data]=={RAY_VERSION}"' in docker and "pip install --no-cache-dir ." in docker
+    assert re.search(r"^FROM \$\{RAY_IMAGE\}@", docker, re.M)  # pinned by digest, test_dockerfile_...
+    # ray stays the base image's, checked at build time; the project goes in without resolving anything
+    assert f"assert ray.__version__ == '{RAY_VERSION}'" in docker
+    assert re.search(r"^RUN pip install --no-cache-dir --no-deps --no-build-isolation \. ", docker, re.M)
     assert f"rayproject/ray:{RAY_VERSION}-{PY_TAG}-cpu" in docker  # the documented cpu variant
 
     images = [c["image"] for c in _ray_containers(raycluster["spec"])]
@@ -392,6 +395,266 @@ def test_local_autoscaling_config_is_complete(local_autoscaling):
     for name in ("train", "decode"):
         t = cfg["available_node_types"][name]
         assert t["min_workers"] == 0 < t["max_workers"] <= cfg["max_workers"] and t["node_config"] == {}
+
+
+# ---------------------------------------------------------------- hardening (issue 18, finding 5)
+
+RAY_UID = 1000  # the ray user of the rayproject/ray images (cluster/kuberay/Dockerfile runs as it)
+MLFLOW_SECRET = "nlray-mlflow-auth"
+HARDENED = {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "runAsUser": RAY_UID,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _pod_specs() -> dict[str, dict]:
+    """Every pod template of cluster/kuberay/*.yaml, by where it is."""
+    out = {}
+    for path in sorted(KUBE.glob("*.yaml")):
+        for doc in load_all(path):
+            spec, kind = doc.get("spec", {}), doc["kind"]
+            if kind == "Deployment":
+                out[f"{path.name}:Deployment"] = spec["template"]["spec"]
+            for name, cluster in (("RayCluster", spec), ("RayJob", spec.get("rayClusterSpec"))):
+                if kind in ("RayCluster", "RayJob") and cluster and "headGroupSpec" in cluster:
+                    out[f"{path.name}:{name}:head"] = cluster["headGroupSpec"]["template"]["spec"]
+                    for g in cluster["workerGroupSpecs"]:
+                        out[f"{path.name}:{name}:{g['groupName']}"] = g["template"]["spec"]
+            if kind == "RayJob":
+                out[f"{path.name}:submitter"] = spec["submitterPodTemplate"]["spec"]
+    return out
+
+
+def _ray_cluster_specs(raycluster, rayjob) -> list[dict]:
+    return [raycluster["spec"], rayjob["spec"]["rayClusterSpec"]]
+
+
+def test_every_container_runs_non_root_without_privileges(raycluster, rayjob):
+    pods = _pod_specs()
+    assert len(pods) == 8  # mlflow, 2 x (head, gpu-8x, decode), the submitter
+    containers = {f"{where}/{c['name']}": (pod, c) for where, pod in pods.items()
+                  for c in pod["containers"] + pod.get("initContainers", [])}
+    # KubeRay's autoscaler sidecar gets autoscalerOptions.securityContext
+    for i, cluster in enumerate(_ray_cluster_specs(raycluster, rayjob)):
+        containers[f"autoscaler[{i}]"] = ({}, {"securityContext": cluster["autoscalerOptions"]["securityContext"]})
+    for where, (pod, c) in containers.items():
+        sc = c.get("securityContext") or {}
+        assert {k: sc.get(k) for k in HARDENED} == HARDENED, where
+        assert sc["capabilities"] == {"drop": ["ALL"]}, where
+        assert not sc.get("privileged"), where
+        pod_sc = pod.get("securityContext")
+        if pod_sc is not None:  # the pod level agrees (and covers anything injected later)
+            assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] == RAY_UID, where
+            assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+    assert all(p.get("securityContext") for p in pods.values())
+
+
+def test_no_pod_auto_mounts_a_kubernetes_token_and_each_component_has_its_role(raycluster, rayjob):
+    sas = {d["metadata"]["name"]: d for d in load_all(KUBE / "serviceaccount.yaml")}
+    for name, sa in sas.items():
+        assert sa["automountServiceAccountToken"] is False, name
+    roles = {n: sa["metadata"].get("annotations", {}).get("eks.amazonaws.com/role-arn") for n, sa in sas.items()}
+    assert roles["nlray-submitter"] is None                          # no AWS access at all
+    assert roles["nlray-ray"] and roles["nlray-mlflow"] and roles["nlray-ray"] != roles["nlray-mlflow"]
+    for arn in (roles["nlray-ray"], roles["nlray-mlflow"]):
+        assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@-]+", arn)
+    expected_sa = {"Deployment": "nlray-mlflow", "submitter": "nlray-submitter"}
+    for where, pod in _pod_specs().items():
+        assert pod["automountServiceAccountToken"] is False, where
+        sa = next((v for k, v in expected_sa.items() if where.endswith(k)), "nlray-ray")
+        assert pod["serviceAccountName"] == sa, where
+        assert sa in sas, where
+    # the one Kubernetes API client, KubeRay's autoscaler, gets the token projected into its container only
+    token_path = "/var/run/secrets/kubernetes.io/serviceaccount"
+    for cluster in _ray_cluster_specs(raycluster, rayjob):
+        (mount,) = cluster["autoscalerOptions"]["volumeMounts"]
+        assert mount["mountPath"] == token_path and mount["readOnly"] is True
+        head = cluster["headGroupSpec"]["template"]["spec"]
+        vol = next(v for v in head["volumes"] if v["name"] == mount["name"])
+        sources = vol["projected"]["sources"]
+        assert {"path": "token", "expirationSeconds": 3607} == sources[0]["serviceAccountToken"]
+        assert sources[1]["configMap"]["name"] == "kube-root-ca.crt"
+        for pod in [head] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]:
+            for c in pod["containers"]:
+                assert all(m["name"] != mount["name"] for m in c.get("volumeMounts", [])), c["name"]
+
+
+def _mlflow_deployment() -> dict:
+    return next(d for d in load_all(KUBE / "mlflow.yaml") if d["kind"] == "Deployment")
+
+
+def _secret_ref(env: dict) -> tuple[str, str]:
+    assert "value" not in env, env["name"]
+    ref = env["valueFrom"]["secretKeyRef"]
+    return ref["name"], ref["key"]
+
+
+def _mlflow_auth_module(name: str):
+    """mlflow.server.auth.<name> loaded from its file: the package's __init__ needs Flask-WTF (mlflow[auth]),
+    which the image installs (requirements.lock) but the project's environment does not."""
+    import importlib.util
+
+    import mlflow
+
+    path = Path(mlflow.__file__).parent / "server" / "auth" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_nlray_test_mlflow_auth_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mlflow_server_runs_basic_auth_with_the_admin_from_a_secret(tmp_path, monkeypatch):
+    read_auth_config = _mlflow_auth_module("config").read_auth_config
+    get_permission = _mlflow_auth_module("permissions").get_permission
+
+    pod = _mlflow_deployment()["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["mlflow", "server"] and "--app-name=basic-auth" in c["args"]
+    env = {e["name"]: e for e in c["env"]}
+    assert _secret_ref(env["MLFLOW_AUTH_ADMIN_USERNAME"]) == (MLFLOW_SECRET, "username")
+    assert _secret_ref(env["MLFLOW_AUTH_ADMIN_PASSWORD"]) == (MLFLOW_SECRET, "password")
+    assert _secret_ref(env["MLFLOW_FLASK_SERVER_SECRET_KEY"]) == (MLFLOW_SECRET, "flask_secret_key")
+    # the auth config file is the ConfigMap, mounted where MLFLOW_AUTH_CONFIG_PATH points; no password in it
+    config_path = Path(env["MLFLOW_AUTH_CONFIG_PATH"]["value"])
+    mount = next(m for m in c["volumeMounts"] if config_path.parent == Path(m["mountPath"]))
+    vol = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    cm = next(d for d in load_all(KUBE / "mlflow.yaml")
+              if d["kind"] == "ConfigMap" and d["metadata"]["name"] == vol["configMap"]["name"])
+    ini = cm["data"][config_path.name]
+    assert "admin_password" not in ini
+    # MLflow reads it as the server will: the admin from the env, the user store on the volume
+    (tmp_path / config_path.name).write_text(ini)
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(tmp_path / config_path.name))
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_USERNAME", "nlray-admin")
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "from-the-secret")
+    cfg = read_auth_config()
+    assert (cfg.admin_username, cfg.admin_password) == ("nlray-admin", "from-the-secret")
+    assert get_permission(cfg.default_permission).name == "NO_PERMISSIONS"
+    store = next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "store")
+    assert cfg.database_uri == f"sqlite:///{store}/basic_auth.db"
+    assert cfg.authorization_function == "mlflow.server.auth:authenticate_request_basic_auth"
+
+
+def test_every_ray_container_presents_mlflow_credentials_from_the_secret(raycluster, rayjob):
+    for cluster in _ray_cluster_specs(raycluster, rayjob):
+        for c in _ray_containers(cluster):
+            env = {e["name"]: e for e in c["env"]}
+            assert _secret_ref(env["MLFLOW_TRACKING_USERNAME"]) == (MLFLOW_SECRET, "username"), c["name"]
+            assert _secret_ref(env["MLFLOW_TRACKING_PASSWORD"]) == (MLFLOW_SECRET, "password"), c["name"]
+
+
+USERINFO = re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s'\"@]*@", re.I)
+
+
+def test_no_uri_in_the_cluster_files_carries_credentials():
+    assert USERINFO.search("http://alice:s3cr3t@nlray-mlflow:5000") and USERINFO.search("s3://k:s@minio:9000/b")
+    assert not USERINFO.search("http://nlray-mlflow:5000/#/experiments?x=a@b")
+    for path in [CLUSTER / "aws.yaml", *sorted(KUBE.glob("*.yaml"))]:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            assert not USERINFO.search(line), f"{path.name}:{n}: {line}"
+
+
+def test_dockerfile_pins_the_base_by_digest_and_installs_from_the_lock():
+    docker = (KUBE / "Dockerfile").read_text()
+    (from_line,) = re.findall(r"^FROM .*$", docker, re.M)
+    digest = re.fullmatch(r"FROM \S+@(\S+)", from_line).group(1)
+    if not digest.startswith("sha256:"):
+        # a required build arg: no default anywhere, and the build stops when it is missing
+        arg = re.fullmatch(r"\$\{(\w+):\?\S+\}", digest)
+        assert arg, from_line
+        assert re.search(rf"^ARG {arg.group(1)}$", docker, re.M), "the digest arg must have no default"
+    else:
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest)
+    assert re.search(r"^RUN pip install --no-cache-dir --no-deps -r requirements\.lock", docker, re.M)
+    assert "COPY --chown=ray:users cluster/kuberay/requirements.lock ./requirements.lock" in docker
+    assert re.search(r"^USER 1000$", docker, re.M)
+    assert not re.search(r"pip install(?!.*--no-deps)", docker)  # nothing resolved at build time
+
+
+def test_requirements_lock_pins_every_runtime_dependency_exactly():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = [ln.strip() for ln in (KUBE / "requirements.lock").read_text().splitlines()]
+    reqs = [Requirement(ln) for ln in lines if ln and not ln.startswith("#")]
+    pins = {}
+    for r in reqs:
+        (spec,) = r.specifier  # one specifier, and it is ==
+        assert spec.operator == "==" and "*" not in spec.version and not r.marker and not r.url, str(r)
+        name = canonicalize_name(r.name)
+        assert name not in pins, f"{name} twice"
+        pins[name] = spec.version
+    assert "ray" not in pins and "nlray" not in pins  # the base image's ray; nlray from the source tree
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for dep in map(Requirement, project["dependencies"]):
+        name = canonicalize_name(dep.name)
+        if name == "ray":
+            continue
+        assert name in pins, f"{name} (pyproject.toml) is not in the lock"
+        assert pins[name] in dep.specifier, f"{name}=={pins[name]} outside pyproject's {dep.specifier}"
+    assert "flask-wtf" in pins  # the MLflow server's basic-auth app (mlflow[auth])
+
+
+def test_aws_nodes_require_imdsv2_encrypt_volumes_and_use_their_own_security_group(aws):
+    for name, t in aws["available_node_types"].items():
+        nc = t["node_config"]
+        assert nc["MetadataOptions"]["HttpTokens"] == "required", name
+        assert nc["MetadataOptions"]["HttpPutResponseHopLimit"] <= 2, name
+        assert nc["MetadataOptions"].get("HttpEndpoint", "enabled") == "enabled", name
+        assert nc["BlockDeviceMappings"] and all(b["Ebs"]["Encrypted"] is True for b in nc["BlockDeviceMappings"])
+        groups = nc.get("SecurityGroupIds") or [g for ni in nc["NetworkInterfaces"] for g in ni["Groups"]]
+        assert groups and all(re.fullmatch(r"sg-[0-9a-f]{8,17}", g) for g in groups), name
+        if name != aws["head_node_type"]:  # workers: no public IP
+            assert nc["NetworkInterfaces"] and all(
+                ni["AssociatePublicIpAddress"] is False for ni in nc["NetworkInterfaces"]), name
+    # with a group on every node type, the launcher creates none (its default allows SSH from 0.0.0.0/0) ...
+    assert "security_group" not in aws["provider"]
+    from ray.autoscaler._private.aws.config import (_configure_from_network_interfaces,
+                                                    _configure_security_group)
+    from ray.autoscaler._private.util import prepare_config
+
+    prepared = _configure_from_network_interfaces(prepare_config(copy.deepcopy(aws)))
+    assert _configure_security_group(copy.deepcopy(prepared)) == prepared  # returned untouched, no AWS call
+
+
+def test_aws_security_group_template_allows_ssh_from_one_cidr_only():
+    tpl = load(CLUSTER / "aws-security-group.yaml")
+    cidr = tpl["Parameters"]["SshCidr"]
+    assert "Default" not in cidr  # the user must set it
+    pattern = re.compile(cidr["AllowedPattern"])
+    for bad in ("0.0.0.0/0", "0.0.0.0/1", "::/0", "10.0.0.1"):
+        assert not pattern.fullmatch(bad), bad
+    for good in ("203.0.113.7/32", "10.20.0.0/16"):
+        assert pattern.fullmatch(good), good
+    sg = tpl["Resources"]["ClusterSecurityGroup"]["Properties"]
+    (ssh,) = sg["SecurityGroupIngress"]
+    assert (ssh["FromPort"], ssh["ToPort"], ssh["CidrIp"]) == (22, 22, {"Ref": "SshCidr"})
+    rules = [r["Properties"] for r in tpl["Resources"].values() if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
+    assert rules == [{"GroupId": {"Fn::GetAtt": ["ClusterSecurityGroup", "GroupId"]},
+                      "SourceSecurityGroupId": {"Fn::GetAtt": ["ClusterSecurityGroup", "GroupId"]},
+                      "IpProtocol": "-1", "Description": rules[0]["Description"]}]
+    text = (CLUSTER / "aws-security-group.yaml").read_text() + (CLUSTER / "aws.yaml").read_text()
+    assert not re.search(r"CidrIp\w*\s*:\s*['\"]?(0\.0\.0\.0/0|::/0)", text)
+
+
+def test_aws_mlflow_runs_basic_auth_and_every_node_presents_credentials(aws):
+    cmd = next(c for c in aws["head_start_ray_commands"] if "mlflow server" in c)
+    assert "exec mlflow server --app-name basic-auth" in cmd
+    before = cmd[:cmd.index("setsid")]
+    for var in ("MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD",
+                "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert f"export {var}=" in before, var
+    # the password is a file copied from the launching machine, read when ~/nlray.env is sourced
+    assert aws["file_mounts"]["/home/ubuntu/.nlray/mlflow_password"] == "~/.nlray/mlflow_password"
+    env_file = " ".join(c for c in aws["setup_commands"] if "nlray.env" in c)
+    assert "'export MLFLOW_TRACKING_PASSWORD=\"$(cat ~/.nlray/mlflow_password)\"'" in env_file
+    assert "'export MLFLOW_TRACKING_USERNAME=" in env_file
+    assert any("chmod 600" in c and "mlflow_password" in c for c in aws["setup_commands"])
+    assert '"mlflow[auth]"' in " ".join(aws["setup_commands"])
+    ini = " ".join(aws["head_setup_commands"])
+    assert "'default_permission = NO_PERMISSIONS'" in ini and "admin_password" not in ini
+    assert "flask_secret_key" in ini and "umask 077" in ini
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in aws[key] if "ray start" in c)
+        assert "source ~/nlray.env" in start[:start.index("ray start")], key  # credentials before ray start
 
 
 SECRET_PATTERNS = {

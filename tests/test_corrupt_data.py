@@ -33,7 +33,7 @@ import pytest
 
 from nlray.config import DataConfig
 from nlray.data import storage
-from nlray.data.badvideo import BadVideo, DecodeDeadline
+from nlray.data.badvideo import BadVideo, DecodeDeadline, VideoLimits
 from nlray.data.clips import ClipDecoder
 from nlray.data.decode import BACKENDS, open_video, read_frames
 from nlray.data.pipeline import bad_video_counts, bad_video_list, bad_video_log_name, build_train_dataset
@@ -252,7 +252,7 @@ def test_a_decode_over_its_time_limit_is_dropped_as_a_timeout(tmp_path, backend)
     kwargs = dict(frames=8, stride=2, short_side=(48, 48), crop_size=40, backend=backend, log_name="unused")
     [out] = list(ClipDecoder(**kwargs)(batch))  # the default limit: decoded
     assert read_codes(out["video"])[1].tolist() == [[3] * 8]
-    dec = ClipDecoder(**kwargs, decode_timeout_s=0.0)
+    dec = ClipDecoder(**kwargs, limits=VideoLimits(timeout_s=0.0))
     assert list(dec(batch)) == [] and dec.bad_counts == {"timeout": 1}
 
 

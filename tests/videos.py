@@ -115,3 +115,35 @@ def decode_all(path_or_bytes: Union[str, Path, bytes]) -> np.ndarray:
     src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
     with av.open(src) as c:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def write_packet_flood(path: Union[str, Path], *, num_packets: int, width: int = 32, height: int = 32,
+                       fps: int = 30) -> Path:
+    """H.264 of one keyframe then ``num_packets - 1`` copies of one tiny P-frame packet (~9 bytes).
+
+    Encoding that many frames would take minutes; muxing copies of one packet takes ~1 s per million.
+    A hostile file: every packet costs a demuxer that keeps packets far more memory than its bytes.
+    The container follows the suffix: an MP4 declares its packet count in its index, Matroska does not.
+    """
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "x264-params": "keyint=1000000:bframes=0:scenecut=0"}
+        img = np.full((height, width, 3), 128, np.uint8)
+        packets = []
+        for i in range(2):  # a keyframe, then a P-frame that repeats it (a skip frame)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            packets += stream.encode(frame)
+        packets += stream.encode(None)
+        key, delta = bytes(packets[0]), bytes(packets[1])
+        time_base = packets[0].time_base
+        step = int(round(1 / (fps * time_base)))
+        for i in range(num_packets):  # muxing takes a packet's buffer: a new packet each time
+            packet = av.Packet(key if i == 0 else delta)
+            packet.stream, packet.time_base = stream, time_base
+            packet.pts = packet.dts = i * step
+            packet.is_keyframe = i == 0
+            out.mux(packet)
+    return path

@@ -6,8 +6,23 @@ segment run past the end of the bytes, or an MP4 that ends before its index: che
 is opened, so a cut file is always dropped, even when the part a clip wants would still decode),
 ``undecodable`` (anything else that cannot give the wanted frames: not a video, no video stream,
 frames that do not decode), ``unreachable`` (the store failed every retry for this object: throttling,
-5xx, resets, timeouts; an auth error or a missing bucket is not a bad video, it stops the job) and
-``timeout`` (decoding took longer than its limit: ``DecodeDeadline``, checked between packets).
+5xx, resets, timeouts; an auth error or a missing bucket is not a bad video, it stops the job).
+
+Four more say that a video costs more than one untrusted file may (``VideoLimits``, the ``data.max_*``
+and ``data.decode_timeout_s`` keys; README "Security"):
+
+- ``too_large``: the object has more bytes than ``max_bytes``; the store stops reading past the limit
+  (``storage.read_bytes(max_bytes=)``), so a huge object never sits in memory.
+- ``frame_size``: the coded frame has more than ``max_frame_pixels`` pixels, or its long side is more
+  than ``max_aspect_ratio`` times its short side. Judged from the stream's codec parameters when the
+  video is opened, before any frame buffer is allocated: a 2.6 kB 16x16384 H.264 file scaled to a
+  256 short side is 3 GiB a frame set. The PyAV decoder is also opened with FFmpeg's ``max_pixels``, so
+  a frame that grows mid-stream cannot be decoded past the limit.
+- ``too_many_packets``: the container declares, or demuxing finds, more than ``max_packets`` packets
+  (every demuxed packet is kept, ~0.9 kB of memory each for PyAV and ~4 kB for decord's index, however
+  tiny): demuxing stops at the limit.
+- ``timeout``: decoding took longer than ``timeout_s`` (``DecodeDeadline``, checked between container
+  boxes, packets and frames), counted from before the container checks and the opening.
 
 The container checks walk only top-level box / element headers, so they are cheap and independent
 of any decoder: a file cut short (an interrupted download or upload) is told apart from one that
@@ -30,6 +45,7 @@ REASONS = BAD_VIDEO_REASONS
 MP4_TOP_BOXES = frozenset({b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot",
                            b"uuid", b"meta", b"moof", b"mfra", b"sidx", b"pdin", b"prft", b"emsg"})
 MP4_INDEX_BOXES = frozenset({b"moov", b"moof"})  # without one, the frames cannot be found
+_BOXES_PER_CHECK = 4096  # mp4_structure looks at its deadline this often (~1 ms of boxes)
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"  # Matroska / WebM
 MATROSKA_SEGMENT = b"\x18\x53\x80\x67"
 
@@ -73,6 +89,36 @@ class VideoLimits:
     def deadline(self, uri: str = "") -> "DecodeDeadline":
         return DecodeDeadline(self.timeout_s, uri)
 
+    def check_bytes(self, size: int, uri: str = "") -> None:
+        """BadVideo("too_large") when ``size`` bytes are over ``max_bytes``."""
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise BadVideo("too_large", uri, f"{size} bytes, over the limit of {self.max_bytes} "
+                                             "(data.max_video_bytes)")
+
+    def check_frame_size(self, width: int, height: int, uri: str = "") -> None:
+        """BadVideo("frame_size") when a ``width`` x ``height`` frame is over the pixel or aspect limit.
+
+        A size that is unknown (0) is not judged here: the decoder's own ``max_pixels`` still holds."""
+        width, height = int(width or 0), int(height or 0)
+        if width <= 0 or height <= 0:
+            return
+        if self.max_frame_pixels is not None and width * height > self.max_frame_pixels:
+            raise BadVideo("frame_size", uri, f"{width}x{height} = {width * height} pixels, over the limit "
+                                              f"of {self.max_frame_pixels} (data.max_frame_pixels)")
+        aspect = max(width, height) / min(width, height)
+        if self.max_aspect_ratio is not None and aspect > self.max_aspect_ratio:
+            raise BadVideo("frame_size", uri, f"{width}x{height}: aspect {aspect:g}, over the limit of "
+                                              f"{self.max_aspect_ratio:g} (data.max_aspect_ratio)")
+
+    def check_packets(self, count: int, uri: str = "", *, declared: bool = False) -> None:
+        """BadVideo("too_many_packets") when ``count`` packets (demuxed so far, or ``declared`` by the
+        container's index) are over ``max_packets``."""
+        if self.max_packets is not None and count > self.max_packets:
+            what = "the container declares" if declared else "demuxing found more than"
+            raise BadVideo("too_many_packets", uri, f"{what} {count if declared else self.max_packets} "
+                                                    f"packets, over the limit of {self.max_packets} "
+                                                    "(data.max_packets)")
+
 
 class DecodeDeadline:
     """When decoding one video must be over: ``check()`` raises BadVideo("timeout") from then on.
@@ -90,10 +136,13 @@ class DecodeDeadline:
             raise BadVideo("timeout", self.uri, f"decoding took longer than its limit of {self.limit_s:g} s")
 
 
-def mp4_structure(data: bytes) -> str:
+def mp4_structure(data: bytes, deadline: Optional["DecodeDeadline"] = None) -> str:
     """``ok`` | ``truncated`` (a box runs past the end, or no ``moov``/``moof`` index) | ``corrupt``
-    (a box header that is not one: damaged, not cut) | ``not_mp4`` (no known first box)."""
+    (a box header that is not one: damaged, not cut) | ``not_mp4`` (no known first box).
+
+    ``deadline``: checked every ``_BOXES_PER_CHECK`` boxes (a file of millions of 8-byte boxes)."""
     n = len(data)
+    boxes = 0
     if n < 8 or data[4:8] not in MP4_TOP_BOXES:
         return "not_mp4"
     pos, seen = 0, set()
@@ -111,6 +160,9 @@ def mp4_structure(data: bytes) -> str:
         if size < head or not all(32 <= c < 127 for c in kind):
             return "corrupt"  # not a box header (4 printable characters)
         seen.add(kind)
+        boxes += 1
+        if deadline is not None and boxes % _BOXES_PER_CHECK == 0:
+            deadline.check()
         if pos + size > n:
             return "truncated"
         pos += size
@@ -144,9 +196,11 @@ def _matroska_truncated(data: bytes) -> bool:
         return True
 
 
-def container_truncated(data: bytes) -> bool:
-    """True when an MP4/MOV or Matroska/WebM container is cut short; False otherwise or unknown."""
-    structure = mp4_structure(data)
+def container_truncated(data: bytes, deadline: Optional["DecodeDeadline"] = None) -> bool:
+    """True when an MP4/MOV or Matroska/WebM container is cut short; False otherwise or unknown.
+
+    ``deadline`` (optional): BadVideo("timeout") if walking the boxes outlasts it."""
+    structure = mp4_structure(data, deadline)
     if structure != "not_mp4":
         return structure == "truncated"
     if data[:4] == EBML_MAGIC:

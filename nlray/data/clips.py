@@ -9,8 +9,9 @@ Clip positions, scales, crops and flips come from each decoder actor's own gener
 which video is up to the scheduler). A bad video is reported to the named ``BadVideoLog`` actor
 (``nlray.data.pipeline``) and skipped: its clip is simply absent.
 
-Failures that must not stop training are bad videos: a video whose decode takes longer than
-``decode_timeout_s`` (``timeout``), one the store failed to give through every retry
+Failures that must not stop training are bad videos: a video over one of its ``limits``
+(``VideoLimits.from_config(cfg.data)``: ``too_large``, ``frame_size``, ``too_many_packets``,
+``timeout``), one the store failed to give through every retry
 (``unreachable``). A store that fails ``MAX_UNREACHABLE_IN_A_ROW`` videos in a row is down, not
 flaky: the decoder raises ``StorageError``, as it does at once for an auth error or a missing bucket.
 """
@@ -22,17 +23,14 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import ray
 
-from nlray.data.badvideo import BadVideo
+from nlray.data.badvideo import BadVideo, VideoLimits
 from nlray.data.decode import fetch_video, open_video, read_frames, read_unique
 from nlray.data.sampling import eval_indices, train_indices
 from nlray.data.storage import StorageError
 from nlray.data.transforms import Crop, crop_corners, flip_with_label
 
-__all__ = ["ClipDecoder", "EvalClipDecoder", "DECODE_TIMEOUT_S", "MAX_UNREACHABLE_IN_A_ROW"]
+__all__ = ["ClipDecoder", "EvalClipDecoder", "MAX_UNREACHABLE_IN_A_ROW"]
 
-# Seconds from opening a video to its last frame: ~400x a 32x2 clip of a raw Kinetics video
-# (README decode table), so only a pathological file (huge, or a decoder stuck in it) is cut off.
-DECODE_TIMEOUT_S = 60.0
 # Unreachable videos in a row, with nothing fetched between them, that mean the store is down: with
 # each video retried MAX_ATTEMPTS times (storage), a healthy but flaky store practically never does it.
 MAX_UNREACHABLE_IN_A_ROW = 5
@@ -42,9 +40,11 @@ class _DecoderBase:
     """Fetch -> open -> sample -> decode; a bad video is reported and skipped."""
 
     def __init__(self, *, backend: str, endpoint_url: str, log_name: str, seed: int,
-                 decode_timeout_s: Optional[float]):
+                 limits: Optional[VideoLimits]):
         self.backend, self.endpoint_url, self.log_name = backend, endpoint_url, log_name
-        self.decode_timeout_s = decode_timeout_s
+        # None: the defaults, those of DataConfig (its decode_timeout_s: ~400x a 32x2 clip of a raw
+        # Kinetics video, so only a pathological file is cut off)
+        self.limits = VideoLimits() if limits is None else limits
         self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(uuid.uuid4().int,)))
         self.bad_counts: dict[str, int] = {}  # this decoder's own tally (also outside Ray)
         self.unreachable_in_a_row = 0
@@ -77,9 +77,9 @@ class _DecoderBase:
             ray.get(self._log.report.remote(bad.uri, bad.reason, bad.detail))  # wait: counts complete
 
     def _open(self, uri: str):
-        data = fetch_video(uri, endpoint_url=self.endpoint_url)
+        data = fetch_video(uri, endpoint_url=self.endpoint_url, max_bytes=self.limits.max_bytes)
         self._fetched()
-        return open_video(data, backend=self.backend, uri=uri, timeout_s=self.decode_timeout_s)
+        return open_video(data, backend=self.backend, uri=uri, limits=self.limits)
 
 
 class ClipDecoder(_DecoderBase):
@@ -91,10 +91,10 @@ class ClipDecoder(_DecoderBase):
 
     def __init__(self, *, frames: int, stride: int, short_side: tuple[int, int], crop_size: int,
                  backend: str, endpoint_url: str = "", log_name: str, seed: int = 0,
-                 decode_timeout_s: Optional[float] = DECODE_TIMEOUT_S, flip: bool = True,
+                 limits: Optional[VideoLimits] = None, flip: bool = True,
                  flip_labels: Optional[Sequence[int]] = None):
         super().__init__(backend=backend, endpoint_url=endpoint_url, log_name=log_name, seed=seed,
-                         decode_timeout_s=decode_timeout_s)
+                         limits=limits)
         self.frames, self.stride, self.crop_size = frames, stride, crop_size
         self.short_side = (int(short_side[0]), int(short_side[1]))
         self.flip = bool(flip)
@@ -136,9 +136,9 @@ class EvalClipDecoder(_DecoderBase):
 
     def __init__(self, *, frames: int, stride: int, short_side: int, crop_size: int, num_clips: int,
                  num_crops: int, backend: str, endpoint_url: str = "", log_name: str, seed: int = 0,
-                 decode_timeout_s: Optional[float] = DECODE_TIMEOUT_S):
+                 limits: Optional[VideoLimits] = None):
         super().__init__(backend=backend, endpoint_url=endpoint_url, log_name=log_name, seed=seed,
-                         decode_timeout_s=decode_timeout_s)
+                         limits=limits)
         self.frames, self.stride, self.short_side = frames, stride, short_side
         self.crop_size, self.num_clips, self.num_crops = crop_size, num_clips, num_crops
 

@@ -1,7 +1,8 @@
 """Decode only the frames a clip needs, from a video's bytes: the public API over the backends.
 
-    data = fetch_video(uri)                    # BadVideo("missing" | "empty" | "unreachable", ...)
-    with open_video(data, backend="pyav", uri=uri) as video:
+    limits = VideoLimits.from_config(cfg.data)  # or VideoLimits(): the defaults
+    data = fetch_video(uri, max_bytes=limits.max_bytes)  # BadVideo("missing" | "empty" | "too_large" | ...)
+    with open_video(data, backend="pyav", uri=uri, limits=limits) as video:
         idx = train_indices(video.num_frames, frames=32, stride=2, rng=rng)
         clip = read_frames(video, idx, short_side=288)    # uint8 [32, 288, 512, 3]
         crop = read_frames(video, idx, short_side=288, crop=Crop(size=224, fy=0.3, fx=0.9))  # [32,224,224,3]
@@ -14,8 +15,12 @@ The ten clips of an eval video come from one opening and one pass: ``read_frames
 of all indices, decodes it once and gathers each clip from it.
 
 A bad video raises ``BadVideo(reason, uri, detail)`` (``nlray.data.badvideo`` says which reason).
-``open_video(..., timeout_s=)`` limits the time from opening to the last frame read: a video that
-takes longer raises ``BadVideo("timeout")``, checked between packets (PyAV) or calls (decord).
+``open_video(..., limits=)`` bounds what one video may cost (``VideoLimits``; default: its defaults):
+its bytes (``too_large``), its frame size and aspect, judged from the codec parameters before any frame
+buffer (``frame_size``), the packets demuxed (``too_many_packets``) and the time from before the
+container checks and the opening to the last frame read (``timeout``: checked between container boxes,
+packets and frames with PyAV; around the calls with decord, after a PyAV pass that enforces the others).
+``fetch_video(..., max_bytes=)`` has the store refuse an object over the byte limit without reading it all.
 """
 from __future__ import annotations
 
@@ -24,10 +29,11 @@ from typing import Optional, Protocol
 import numpy as np
 
 from nlray.choices import DECODE_BACKENDS, check_choice
-from nlray.data.badvideo import BadVideo, DecodeDeadline, container_truncated, failure_reason
+from nlray.data import storage
+from nlray.data.badvideo import BadVideo, DecodeDeadline, VideoLimits, container_truncated, failure_reason
 from nlray.data.decode_decord import DecordVideo
 from nlray.data.decode_pyav import PyAVVideo
-from nlray.data.storage import MissingObjectError, UnreachableError, read_bytes
+from nlray.data.storage import MissingObjectError, UnreachableError
 from nlray.data.transforms import Crop, CropError
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "Video", "fetch_video", "open_video", "read_frames", "read_unique"]
@@ -54,11 +60,16 @@ _BACKEND_CLASSES = {"pyav": PyAVVideo, "decord": DecordVideo}  # one per DECODE_
 assert tuple(_BACKEND_CLASSES) == BACKENDS
 
 
-def fetch_video(uri: str, *, endpoint_url: str = "") -> bytes:
-    """The video's bytes (S3 or local); a missing object, 0 bytes or a store that failed every retry
-    for it raises BadVideo. Other storage errors (auth, missing bucket) concern every video: they raise."""
+def fetch_video(uri: str, *, endpoint_url: str = "", max_bytes: Optional[int] = None) -> bytes:
+    """The video's bytes (S3 or local); a missing object, 0 bytes, an object over ``max_bytes``
+    (``too_large``: the store stops at the limit, no separate size request) or a store that failed
+    every retry for it raises BadVideo. Other storage errors (auth, missing bucket) concern every
+    video: they raise."""
     try:
-        data = read_bytes(uri, endpoint_url=endpoint_url)
+        data = storage.read_bytes(uri, endpoint_url=endpoint_url, max_bytes=max_bytes)
+    except storage.ObjectTooLargeError as exc:
+        raise BadVideo("too_large", uri, f"{exc.size} bytes, over the limit of {exc.limit} "
+                                         "(data.max_video_bytes)") from None
     except MissingObjectError as exc:
         raise BadVideo("missing", uri, str(exc)) from None
     except UnreachableError as exc:
@@ -69,18 +80,21 @@ def fetch_video(uri: str, *, endpoint_url: str = "") -> bytes:
 
 
 def open_video(data: bytes, *, backend: str = DEFAULT_BACKEND, uri: str = "",
-               timeout_s: Optional[float] = None) -> Video:
+               limits: Optional[VideoLimits] = None) -> Video:
     """Open a video from its bytes with ``backend`` (one of BACKENDS); BadVideo if it cannot be.
 
-    ``timeout_s``: the most seconds from now to the last frame read from it (None: no limit)."""
+    ``limits``: what it may cost (module doc; None: ``VideoLimits()``, the defaults). Its ``timeout_s``
+    counts from now, before the container checks, to the last frame read from it."""
     check_choice("backend", backend, BACKENDS)
+    limits = VideoLimits() if limits is None else limits
+    deadline = limits.deadline(uri)  # first: the container checks and the opening count too
     if not data:
         raise BadVideo("empty", uri, "0 bytes")
-    if container_truncated(data):  # decided up front, so a cut file is dropped whichever clip is asked
+    limits.check_bytes(len(data), uri)  # bytes that did not come through fetch_video
+    if container_truncated(data, deadline):  # decided up front: a cut file is dropped whichever clip is asked
         raise BadVideo("truncated", uri, f"the container runs past the end of the data ({len(data)} bytes)")
-    deadline = DecodeDeadline(timeout_s, uri)
     try:
-        video = _BACKEND_CLASSES[backend](data, uri=uri, deadline=deadline)
+        video = _BACKEND_CLASSES[backend](data, uri=uri, deadline=deadline, limits=limits)
     except BadVideo:
         raise
     except Exception as exc:  # each library has its own error types; all mean "cannot open"

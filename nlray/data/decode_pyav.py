@@ -15,6 +15,13 @@ square is mapped back to the decoded frame (corner rounded to even pixels, side 
 scaled to ``size`` by swscale: 3x less conversion work than scaling the whole frame and then
 cropping (for a training clip: the whole decode ~25% faster). A random augmentation, so exact
 pixel agreement with scale-then-crop does not matter; the square's place and size do.
+
+Limits (``VideoLimits``, all enforced here): the container is opened with FFmpeg's ``max_pixels`` (so
+even the frame ``avformat_find_stream_info`` decodes to learn the codec parameters is refused past the
+pixel limit: an 8192x8192 file costs ~25 MB to open instead of ~160 MB), then the frame size and aspect
+are judged from the codec parameters and the packet count from the container's index (an MP4's sample
+count) before anything else is allocated; demuxing stops at ``max_packets``; the deadline is checked
+between packets and frames.
 """
 from __future__ import annotations
 
@@ -23,10 +30,49 @@ from typing import Optional
 
 import numpy as np
 
-from nlray.data.badvideo import DecodeDeadline
+from nlray.data.badvideo import DecodeDeadline, VideoLimits
 from nlray.data.transforms import Crop, even_box, scaled_size
 
-__all__ = ["PyAVVideo"]
+__all__ = ["PyAVVideo", "open_checked", "count_packets"]
+
+NO_LIMITS = VideoLimits(max_bytes=None, max_frame_pixels=None, max_aspect_ratio=None, max_packets=None,
+                        timeout_s=None)
+
+
+def open_checked(data: bytes, *, limits: VideoLimits, uri: str = ""):
+    """(PyAV input container, its first video stream) of ``data``, judged against ``limits`` before
+    any frame is decoded by the caller: BadVideo("frame_size") from the codec parameters' width and
+    height, BadVideo("too_many_packets") from the packet count the container's index declares.
+    ValueError: no video stream. The stream's decoder keeps ``max_pixels`` (a larger frame fails)."""
+    import av
+
+    options = {} if limits.max_frame_pixels is None else {"max_pixels": str(int(limits.max_frame_pixels))}
+    container = av.open(io.BytesIO(data), "r", options=options)
+    try:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        cc = stream.codec_context
+        limits.check_frame_size(cc.width, cc.height, uri)
+        limits.check_packets(int(stream.frames or 0), uri, declared=True)  # 0: not declared (mkv, ts)
+        if options:
+            cc.options = dict(options)  # applied when the decoder opens: no frame past the limit
+    except BaseException:
+        container.close()
+        raise
+    return container, stream
+
+
+def count_packets(container, stream, *, limits: VideoLimits, deadline: DecodeDeadline, uri: str = "") -> int:
+    """Demux ``stream`` to its end without keeping the packets; BadVideo("too_many_packets") past the
+    limit, BadVideo("timeout") past the deadline. The number of packets."""
+    count = 0
+    for packet in container.demux(stream):
+        deadline.check()
+        if packet.size:  # not the empty flush packet at the end
+            count += 1
+            limits.check_packets(count, uri)
+    return count
 
 
 def _timestamp(packet) -> Optional[int]:
@@ -36,15 +82,21 @@ def _timestamp(packet) -> Optional[int]:
 class PyAVVideo:
     """PyAV: packets demuxed once; wanted frames decoded in one pass, unwanted non-reference skipped."""
 
-    def __init__(self, data: bytes, *, uri: str = "", deadline: Optional[DecodeDeadline] = None):
-        import av
-
-        self.data, self.uri = data, uri
+    def __init__(self, data: bytes, *, uri: str = "", deadline: Optional[DecodeDeadline] = None,
+                 limits: VideoLimits = NO_LIMITS):
+        self.data, self.uri, self.limits = data, uri, limits
         self.deadline = deadline or DecodeDeadline(None, uri)
-        self._container = av.open(io.BytesIO(data), "r")
-        if not self._container.streams.video:
-            raise ValueError("no video stream")
-        self._stream = stream = self._container.streams.video[0]
+        self._container, stream = open_checked(data, limits=limits, uri=uri)
+        try:
+            self._index(stream)
+        except BaseException:
+            self._container.close()
+            raise
+
+    def _index(self, stream) -> None:
+        """Demux every packet (no decoding): which packet is which frame, where the keyframes are."""
+        self.deadline.check()
+        self._stream = stream
         self._cc = stream.codec_context
         self._cc.thread_count = 1  # one decoder = one core
         self._cc.thread_type = "NONE"
@@ -67,8 +119,12 @@ class PyAVVideo:
         self.packets_sent = 0
 
     def _demux(self, stream):
+        count = 0
         for packet in self._container.demux(stream):
             self.deadline.check()  # BadVideo("timeout"): a huge or looping file does not hold us
+            if packet.size:  # not the empty flush packet at the end (an empty packet is not kept)
+                count += 1
+                self.limits.check_packets(count, self.uri)  # BadVideo("too_many_packets"): each one is kept
             yield packet
 
     def _start_key(self, frame: int) -> int:

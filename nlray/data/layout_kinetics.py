@@ -5,8 +5,15 @@ The CSVs have the header ``label,youtube_id,time_start,time_end,split[,is_cc]``;
 root, usually ``train/``, ``val/``, ``test/``, flat or one folder per class. Annotated videos that do
 not exist are left out and reported, never fatal.
 
+The CSVs are untrusted: a video is only ever one of the root's own listed files, found by its
+stem, and always below the root (checked again, normalised). A row whose ``youtube_id`` is a path
+or URI rather than an id (``../../victim/evil``, ``/etc/hostname``, ``file:///etc/passwd``,
+``s3://other-bucket/x``: a ``/``, ``\\`` or ``:``) is refused and reported (``outside_root``),
+whatever ``allow_outside_root`` says: this layout names no file outside its root.
+
 A layout module offers ``find(root, files)`` (its annotation files among the root's files; empty:
-not this layout) and ``build(root, listing, found, endpoint_url) -> (rows, labels, missing)``.
+not this layout) and ``build(root, listing, found, endpoint_url, allow_outside_root=False) ->
+(rows, labels, missing, outside_root)``.
 """
 from __future__ import annotations
 
@@ -78,17 +85,27 @@ def _find_video(index: dict[str, list[tuple[str, int]]], root: str, row: Any) ->
     return candidates[0] if candidates else None
 
 
-def build(root: str, listing: list[tuple[str, int]], found: list[str],
-          endpoint_url: str) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """(rows, labels, missing) from the annotation CSVs ``found`` and the root's ``listing``."""
+def is_path_like(youtube_id: str) -> bool:
+    """A ``youtube_id`` that names a path or URI (YouTube ids are ``[A-Za-z0-9_-]``, 11 long)."""
+    return any(c in youtube_id for c in "/\\:\0") or youtube_id in (".", "..")
+
+
+def build(root: str, listing: list[tuple[str, int]], found: list[str], endpoint_url: str,
+          allow_outside_root: bool = False) -> tuple[pd.DataFrame, list[str], list[str], list[str]]:
+    """(rows, labels, missing, outside_root) from the annotation CSVs ``found`` and the root's
+    ``listing``; ``outside_root``: ``"<csv>: youtube_id <id>"`` of each refused row."""
     index: dict[str, list[tuple[str, int]]] = {}
     for uri, size in listing:
-        if uri.lower().endswith(storage.VIDEO_SUFFIXES):
+        if uri.lower().endswith(storage.VIDEO_SUFFIXES) and storage.is_below(uri, root):
             index.setdefault(file_stem(uri), []).append((uri, size))
-    rows, missing = [], []
+    rows, missing, outside = [], [], []
     for uri in found:
-        split = _SPLIT_OF_FILE[uri.rsplit("/", 1)[-1]]
+        name = uri.rsplit("/", 1)[-1]
+        split = _SPLIT_OF_FILE[name]
         for row in _read_annotations(uri, split, endpoint_url).itertuples(index=False):
+            if is_path_like(row.youtube_id):
+                outside.append(f"{name}: youtube_id {row.youtube_id}")
+                continue
             hit = _find_video(index, root, row)
             if hit is None:
                 missing.append(f"{row.split}/{row.label}/{row.video_id}.mp4".replace("//", "/"))
@@ -99,4 +116,4 @@ def build(root: str, listing: list[tuple[str, int]], found: list[str],
                          "time_end": int(float(row.time_end))})
     df = pd.DataFrame(rows)
     labels = sorted({x for x in df.get("label", pd.Series(dtype=str)) if x})
-    return df, labels, missing
+    return df, labels, missing, outside

@@ -5,12 +5,19 @@ folder holds ``{train,val,test}.{txt,csv}`` / ``*_{train,val,test}_list_videos.t
 comes from the list's name. Integer ids take their names from ``labels.json`` / ``classids.json``
 beside the list, if there is one. Listed videos that do not exist are left out and reported.
 
+A list is untrusted: a row must name a video below the list's own folder (the dataset root). A
+row that leaves it (``../x.mp4``, an absolute path or ``file://`` URI elsewhere, ``/dev/zero``,
+another bucket or scheme) is refused and reported (``outside_root``), never checked for existence
+nor read, unless ``allow_outside_root``. Paths are compared after normalising (``a/../x``), whole
+segments at a time; symlinks inside the root are the dataset owner's and are not resolved.
+
 Same interface as every layout module: ``find(root, files)`` and ``build(root, listing, found,
-endpoint_url) -> (rows, labels, missing)``.
+endpoint_url, allow_outside_root=False) -> (rows, labels, missing, outside_root)``.
 """
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from typing import Optional
 
@@ -73,16 +80,34 @@ def _names_beside(list_uri: str, endpoint_url: str) -> Optional[list[str]]:
     return None
 
 
-def _read_lists(list_uris: list[str], endpoint_url: str) -> tuple[pd.DataFrame, list[str]]:
-    frames = []
+def resolve_row(path: str, folder: str, *, allow_outside_root: bool = False) -> Optional[str]:
+    """The URI a list row names, relative to the list's ``folder``; None when it is outside that
+    folder (after normalising) and ``allow_outside_root`` is false, or not a URI nlray reads."""
+    if "://" in path or path.startswith("/"):  # absolute: a path or URI of its own
+        try:
+            uri = storage.normalise(path)
+        except ValueError:
+            return None  # an unsupported scheme (gs://, http://): never readable
+        return uri if allow_outside_root or storage.is_below(uri, folder) else None
+    rel = posixpath.normpath(path)
+    if rel == ".." or rel.startswith("../"):
+        return storage.normalise(storage.join(folder, path)) if allow_outside_root else None
+    return storage.join(folder, rel)
+
+
+def _read_lists(list_uris: list[str], endpoint_url: str,
+                allow_outside_root: bool = False) -> tuple[pd.DataFrame, list[str], list[str]]:
+    frames, outside = [], []
     for uri in list_uris:
         df = read_list_file(uri, endpoint_url=endpoint_url)
         folder = uri.rsplit("/", 1)[0]
-        df["uri"] = [p if "://" in p or p.startswith("/") else storage.join(folder, p)
-                     for p in df["path"]]
+        df["uri"] = [resolve_row(p, folder, allow_outside_root=allow_outside_root) for p in df["path"]]
         df["split"] = _split_of_list(uri)
         df["list"] = uri
-        frames.append(df)
+        refused = df["uri"].isna()
+        name = uri.rsplit("/", 1)[-1]
+        outside += [f"{name}: {p}" for p in df.loc[refused, "path"]]
+        frames.append(df[~refused])
     df = pd.concat(frames, ignore_index=True).drop_duplicates(["uri", "split"])
     sizes: dict[str, int] = {}
     for folder in sorted({u.rsplit("/", 1)[0] for u in list_uris}):
@@ -97,7 +122,7 @@ def _read_lists(list_uris: list[str], endpoint_url: str) -> tuple[pd.DataFrame, 
     df = df[present].copy()
     df["size"] = df["uri"].map(sizes)
     df["video_id"] = [file_stem(u) for u in df["uri"]]
-    return df, missing
+    return df, missing, outside
 
 
 def _list_labels(df: pd.DataFrame, list_uris: list[str], endpoint_url: str) -> list[str]:
@@ -120,10 +145,11 @@ def _list_labels(df: pd.DataFrame, list_uris: list[str], endpoint_url: str) -> l
     return sorted(set(df["label"]))
 
 
-def build(root: str, listing: list[tuple[str, int]], found: list[str],
-          endpoint_url: str) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """(rows, labels, missing) of the list files ``found`` (``root`` and ``listing`` are not needed:
-    each list names its videos relative to its own folder)."""
-    df, missing = _read_lists(found, endpoint_url)
+def build(root: str, listing: list[tuple[str, int]], found: list[str], endpoint_url: str,
+          allow_outside_root: bool = False) -> tuple[pd.DataFrame, list[str], list[str], list[str]]:
+    """(rows, labels, missing, outside_root) of the list files ``found`` (``root`` and ``listing``
+    are not needed: each list names its videos relative to its own folder, which holds them).
+    ``outside_root``: ``"<list file>: <path as written>"`` of each refused row."""
+    df, missing, outside = _read_lists(found, endpoint_url, allow_outside_root)
     labels = _list_labels(df, found, endpoint_url)
-    return df, labels, missing
+    return df, labels, missing, outside

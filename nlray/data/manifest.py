@@ -62,10 +62,13 @@ def finalise(df: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
 
 
 def write_manifest(df: pd.DataFrame, labels: list[str], out_uri: str, *,
-                   missing: Optional[list[str]] = None, endpoint_url: str = "") -> dict[str, str]:
-    """Write the Parquet manifest, ``labels.json`` beside it and, if given, ``missing.txt``.
+                   missing: Optional[list[str]] = None, outside_root: Optional[list[str]] = None,
+                   endpoint_url: str = "") -> dict[str, str]:
+    """Write the Parquet manifest, ``labels.json`` beside it and, if given, ``missing.txt`` and
+    ``outside_root.txt`` (the rows refused for naming a file outside the dataset root; written
+    only when there is one, so that a clean dataset's folder stays as it was).
 
-    Returns ``{"manifest": uri, "labels": uri[, "missing": uri]}``.
+    Returns ``{"manifest": uri, "labels": uri[, "missing": uri][, "outside_root": uri]}``.
     """
     if not out_uri.endswith(".parquet"):
         raise ValueError(f"manifest path {out_uri!r} must end with .parquet")
@@ -84,6 +87,10 @@ def write_manifest(df: pd.DataFrame, labels: list[str], out_uri: str, *,
     if missing is not None:
         written["missing"] = storage.join(folder, "missing.txt")
         storage.write_bytes(written["missing"], "".join(f"{m}\n" for m in missing).encode(),
+                            endpoint_url=endpoint_url)
+    if outside_root:
+        written["outside_root"] = storage.join(folder, "outside_root.txt")
+        storage.write_bytes(written["outside_root"], "".join(f"{m}\n" for m in outside_root).encode(),
                             endpoint_url=endpoint_url)
     return written
 

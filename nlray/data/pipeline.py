@@ -51,6 +51,7 @@ import pandas as pd
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from nlray.data.badvideo import VideoLimits
 from nlray.data.clips import ClipDecoder, EvalClipDecoder
 from nlray.data.manifest_rows import ManifestRows
 from nlray.data.transforms import flip_label_permutation
@@ -220,7 +221,8 @@ def build_train_dataset(df: pd.DataFrame, data_cfg: Any, *, run_name: str, seed:
     kwargs = dict(frames=data_cfg.frames, stride=data_cfg.frame_stride,
                   short_side=tuple(data_cfg.train_short_side), crop_size=data_cfg.crop_size,
                   backend=data_cfg.backend, endpoint_url=data_cfg.s3_endpoint_url,
-                  log_name=log_name, seed=seed, flip=data_cfg.flip, flip_labels=mirrored)
+                  log_name=log_name, seed=seed, flip=data_cfg.flip, flip_labels=mirrored,
+                  limits=VideoLimits.from_config(data_cfg))
     return ds.map_batches(decoder, fn_constructor_kwargs=kwargs, **decoder_pool(data_cfg, resources))
 
 
@@ -236,7 +238,8 @@ def build_eval_dataset(df: pd.DataFrame, data_cfg: Any, *, run_name: str, split:
                   short_side=data_cfg.eval_short_side, crop_size=data_cfg.eval_crop_size,
                   num_clips=num_clips or data_cfg.eval_num_clips,
                   num_crops=num_crops or data_cfg.eval_num_crops, backend=data_cfg.backend,
-                  endpoint_url=data_cfg.s3_endpoint_url, log_name=log_name)
+                  endpoint_url=data_cfg.s3_endpoint_url, log_name=log_name,
+                  limits=VideoLimits.from_config(data_cfg))
     if kwargs["crop_size"] > kwargs["short_side"]:
         raise ValueError(f"data.eval_crop_size={kwargs['crop_size']} must be <= "
                          f"data.eval_short_side={kwargs['short_side']}")

@@ -1,14 +1,20 @@
 """Open every video of a manifest once (in parallel, with Ray Data) and say whether it is usable.
 
 Adds the columns ``status`` (``ok`` or the reason: missing, empty, truncated, undecodable,
-too_short), ``error`` (the decoder's message), ``num_frames``, ``fps``, ``width``, ``height``.
-Probing decodes the first and the last frame with decord, as training will: a video that passes
-can be sampled anywhere.
+too_large, frame_size, too_many_packets, timeout, unreachable, too_short), ``error`` (the decoder's
+message), ``num_frames``, ``fps``, ``width``, ``height``.
+
+Probing opens each video with the decoder training ships (PyAV, ``nlray.data.decode.open_video``)
+under the per-video limits (``VideoLimits``: bytes read, frame size and aspect judged from the
+stream before any frame is decoded, packets demuxed, wall time from before the object is fetched)
+and decodes the first and the last frame, as training will: a video that passes can be sampled
+anywhere, and a hostile one costs no more than the limits allow.
 """
 from __future__ import annotations
 
-import io
+import dataclasses
 import math
+import time
 from typing import Any, Optional
 
 import numpy as np
@@ -16,75 +22,98 @@ import pandas as pd
 import ray
 
 from nlray.choices import BAD_VIDEO_REASONS
-from nlray.data import storage
-from nlray.data.badvideo import container_truncated
+from nlray.data.badvideo import BadVideo, DecodeDeadline, VideoLimits
 
 PROBE_STATUSES = ("ok", *BAD_VIDEO_REASONS, "too_short")
 PROBE_COLUMNS = ("status", "error", "num_frames", "fps", "width", "height")
+PROBE_BACKEND = "pyav"  # the decoder training ships (nlray.data.decode.DEFAULT_BACKEND)
 
 
-def probe_video(data: bytes, *, min_frames: int = 1) -> dict[str, Any]:
-    """Probe one video's bytes: ``{status, error, num_frames, fps, width, height}``."""
+def remaining(limits: VideoLimits, deadline: DecodeDeadline) -> VideoLimits:
+    """``limits`` whose ``timeout_s`` is what is left of ``deadline`` (BadVideo("timeout") if none):
+    a deadline started before the fetch keeps counting through the opening and decoding."""
+    if deadline.limit_s is None:
+        return limits
+    deadline.check()
+    return dataclasses.replace(limits, timeout_s=max(0.0, deadline.end - time.monotonic()))
+
+
+def probe_video(data: bytes, *, min_frames: int = 1, uri: str = "", limits: Optional[VideoLimits] = None,
+                deadline: Optional[DecodeDeadline] = None) -> dict[str, Any]:
+    """Probe one video's bytes: ``{status, error, num_frames, fps, width, height}``.
+
+    Opened with PyAV under ``limits`` (None: ``VideoLimits()``, the defaults); ``deadline``: one
+    started earlier (before the fetch), else one starts now. A bad video is a status, not an error."""
+    from nlray.data.decode import open_video, read_unique
+
+    limits = VideoLimits() if limits is None else limits
+    deadline = deadline or limits.deadline(uri)
     out: dict[str, Any] = {"status": "ok", "error": "", "num_frames": 0, "fps": 0.0,
                            "width": 0, "height": 0}
-    if not data:
-        return {**out, "status": "empty", "error": "zero bytes"}
-    if container_truncated(data):  # the decoders' own test (nlray.data.badvideo)
-        return {**out, "status": "truncated", "error": "the container runs past the end of the file"}
-    import decord
-
     try:
-        reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
-        n = len(reader)
-        first = reader[0].shape if n else (0, 0, 3)
-        if n > 1:
-            reader[n - 1]  # decodes from the last keyframe: catches a broken tail
-        fps = float(reader.get_avg_fps())
-    except Exception as exc:  # decord raises RuntimeError / DECORDError for bad streams
-        status = "undecodable"
-        return {**out, "status": status, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-    out.update(num_frames=int(n), fps=fps if math.isfinite(fps) else 0.0,
-               height=int(first[0]), width=int(first[1]))
+        video = open_video(data, backend=PROBE_BACKEND, uri=uri, limits=remaining(limits, deadline))
+        try:
+            n = int(video.num_frames)
+            fps = float(video.fps)
+            out.update(num_frames=n, fps=fps if math.isfinite(fps) else 0.0)
+            # the first and the last frame (from its keyframe: catches a broken tail), at full size
+            frames, _ = read_unique(video, np.array(sorted({0, n - 1})), short_side=None)
+            out.update(height=int(frames.shape[1]), width=int(frames.shape[2]))
+        finally:
+            video.close()
+    except BadVideo as bad:
+        return {**out, "status": bad.reason, "error": bad.detail[:300]}
     if n < min_frames:
         out.update(status="too_short", error=f"{n} frames < {min_frames}")
     return out
 
 
+def probe_uri(uri: str, *, endpoint_url: str = "", min_frames: int = 1,
+              limits: Optional[VideoLimits] = None) -> dict[str, Any]:
+    """Fetch (at most ``limits.max_bytes``) and probe one video; the deadline starts first."""
+    from nlray.data.decode import fetch_video
+
+    limits = VideoLimits() if limits is None else limits
+    deadline = limits.deadline(uri)  # before anything else: the fetch counts too
+    try:
+        data = fetch_video(uri, endpoint_url=endpoint_url, max_bytes=limits.max_bytes)
+    except BadVideo as bad:  # missing, empty, too_large, unreachable
+        return {"status": bad.reason, "error": bad.detail[:300], "num_frames": 0, "fps": 0.0,
+                "width": 0, "height": 0}
+    return probe_video(data, min_frames=min_frames, uri=uri, limits=limits, deadline=deadline)
+
+
 class ProbeFn:
     """``map_batches`` callable: fetch and probe each video of a pandas batch (picklable)."""
 
-    def __init__(self, *, endpoint_url: str = "", min_frames: int = 1):
+    def __init__(self, *, endpoint_url: str = "", min_frames: int = 1, limits: Optional[VideoLimits] = None):
         self.endpoint_url = endpoint_url
         self.min_frames = min_frames
+        self.limits = VideoLimits() if limits is None else limits
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        results = []
-        for uri in batch["uri"]:
-            try:
-                data = storage.read_bytes(uri, endpoint_url=self.endpoint_url)
-            except storage.MissingObjectError as exc:
-                results.append({"status": "missing", "error": exc.cause, "num_frames": 0,
-                                "fps": 0.0, "width": 0, "height": 0})
-                continue
-            results.append(probe_video(data, min_frames=self.min_frames))
+        results = [probe_uri(uri, endpoint_url=self.endpoint_url, min_frames=self.min_frames,
+                             limits=self.limits) for uri in batch["uri"]]
         probed = pd.DataFrame(results, columns=list(PROBE_COLUMNS), index=batch.index)
         return pd.concat([batch.drop(columns=[c for c in PROBE_COLUMNS if c in batch]), probed],
                          axis=1)
 
 
 def probe_manifest(df: pd.DataFrame, *, endpoint_url: str = "", min_frames: int = 1,
-                   concurrency: Optional[int] = None, batch_size: int = 8) -> pd.DataFrame:
-    """The manifest with the probe columns, every video opened once in parallel with Ray Data.
+                   concurrency: Optional[int] = None, batch_size: int = 8,
+                   limits: Optional[VideoLimits] = None) -> pd.DataFrame:
+    """The manifest with the probe columns, every video opened once in parallel with Ray Data,
+    under ``limits`` (None: ``VideoLimits()``).
 
-    Storage errors other than a missing object (auth, a missing bucket) stop the job: they
-    concern every video, not one. Row order is kept.
+    Storage errors other than a missing object or a store that failed every retry (auth, a missing
+    bucket) stop the job: they concern every video, not one. Row order is kept.
     """
     if df.empty:
         return df.assign(**{c: pd.Series(dtype=object) for c in PROBE_COLUMNS})
     ds = manifest_blocks(df, batch_size)
     actors = concurrency or max(1, int(ray.available_resources().get("CPU", 1)))
     probed = ds.map_batches(ProbeFn, fn_constructor_kwargs={"endpoint_url": endpoint_url,
-                                                            "min_frames": min_frames},
+                                                            "min_frames": min_frames, "limits": limits},
                             batch_size=batch_size, batch_format="pandas", num_cpus=1,
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
     return collect_in_order(probed)

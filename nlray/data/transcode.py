@@ -6,6 +6,12 @@ apart, so a 64-frame window can cost hundreds of decoded frames. Transcoding onc
 side of 256 (what PySlowFast and the paper's inference use) with a keyframe every 32 frames bounds
 that cost. The job runs over the manifest with Ray Data on CPU nodes and writes the same layout
 (same relative paths, the annotation files copied) under a new root, plus a manifest for it.
+
+Untrusted input: a video is written only strictly below the output root, its path checked after
+normalising (a manifest row outside ``root`` gets the status ``outside_root`` and nothing is
+written for it, no folder made); each video is read and decoded under the per-video limits
+(``VideoLimits``: ``too_large``, ``frame_size``, ``too_many_packets``, ``timeout`` from before the
+read), as the decoders and the probe do.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import pandas as pd
 import ray
 
 from nlray.data import storage
+from nlray.data.badvideo import BadVideo, DecodeDeadline, VideoLimits
 from nlray.data.layout_lists import LIST_SUFFIXES
 from nlray.data.probe import collect_in_order, manifest_blocks
 
@@ -79,28 +86,61 @@ def _even(value: float) -> int:
 
 def transcode_video(data: bytes, *, short_side: int = DEFAULT_SHORT_SIDE,
                     keyint: int = DEFAULT_KEYINT, crf: int = 23,
-                    preset: str = "veryfast") -> tuple[bytes, dict[str, Any]]:
+                    preset: str = "veryfast", limits: Optional[VideoLimits] = None, uri: str = "",
+                    deadline: Optional[DecodeDeadline] = None) -> tuple[bytes, dict[str, Any]]:
     """Re-encode one video (any container PyAV reads) to H.264 .mp4 bytes; video only.
 
     Every decoded frame is kept and re-timed at the stream's average rate, so the frame count
     and fps stay; returns ``(mp4 bytes, {num_frames, out_num_frames, out_width, out_height})``.
+    ``limits`` (None: ``VideoLimits()``): BadVideo ``too_large`` / ``frame_size`` (from the stream,
+    before any frame is decoded) / ``too_many_packets`` / ``timeout`` (``deadline``, else one from
+    now, checked between packets and frames, so encoding counts too).
     """
-    import av
+    from nlray.data.decode_pyav import open_checked
 
-    with av.open(io.BytesIO(data), "r") as src:
-        if not src.streams.video:
-            raise ValueError("no video stream")
-        stream = src.streams.video[0]
+    limits = VideoLimits() if limits is None else limits
+    deadline = deadline or limits.deadline(uri)
+    limits.check_bytes(len(data), uri)
+    src, stream = open_checked(data, limits=limits, uri=uri)
+    with src:
         stream.codec_context.thread_count = 1  # one core per actor: parallel over videos
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
         width, height = output_size(stream.codec_context.width, stream.codec_context.height,
                                     short_side)
-        counted = _Counter(src.decode(stream))
+        counted = _Counter(_limited_frames(src, stream, limits, deadline, uri))
         sink = io.BytesIO()
         written = encode_h264(counted, sink, width=width, height=height, fps=rate, keyint=keyint,
                               crf=crf, preset=preset)
     return sink.getvalue(), {"num_frames": counted.count, "out_num_frames": written,
                              "out_width": width, "out_height": height}
+
+
+def _limited_frames(container: Any, stream: Any, limits: VideoLimits, deadline: DecodeDeadline,
+                    uri: str) -> Iterable[Any]:
+    """The stream's frames, demuxed packet by packet (none kept): at most ``limits.max_packets``
+    packets, the deadline checked between packets and frames."""
+    packets = 0
+    for packet in container.demux(stream):
+        deadline.check()
+        if packet.size:  # not the empty flush packet at the end
+            packets += 1
+            limits.check_packets(packets, uri)
+        for frame in packet.decode():
+            deadline.check()
+            yield frame
+
+
+def relative_below(uri: str, root: str) -> Optional[str]:
+    """The normalised path of ``uri`` strictly below the folder ``root`` (``train/a/x.mp4``), or
+    None when it is not below it (``..``, another folder, bucket or scheme: ``storage.is_below``)
+    or not in the root's form (``file://`` against a plain path)."""
+    if not storage.is_below(uri, root):
+        return None
+    path, base = storage.normalise(uri), storage.normalise(root).rstrip("/")
+    if not path.startswith(base + "/"):
+        return None
+    rel = path[len(base) + 1:]
+    return rel or None
 
 
 class _Counter:
@@ -119,33 +159,46 @@ class TranscodeFn:
     """``map_batches`` callable: read, re-encode and write each video of a pandas batch.
 
     The output keeps the video's path relative to ``root`` below ``out_root``. A bad video gets
-    a status (missing / empty / undecodable) and an error instead of stopping the job.
+    a status (missing / empty / undecodable / too_large / frame_size / too_many_packets / timeout /
+    unreachable) and an error instead of stopping the job; a row not below ``root`` (after
+    normalising) gets ``outside_root`` and nothing is read or written for it.
     """
 
     def __init__(self, *, root: str, out_root: str, short_side: int = DEFAULT_SHORT_SIDE,
                  keyint: int = DEFAULT_KEYINT, crf: int = 23, preset: str = "veryfast",
-                 endpoint_url: str = ""):
+                 endpoint_url: str = "", limits: Optional[VideoLimits] = None):
         self.root, self.out_root, self.endpoint_url = root, out_root, endpoint_url
         self.options = {"short_side": short_side, "keyint": keyint, "crf": crf, "preset": preset}
+        self.limits = VideoLimits() if limits is None else limits
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         results = [self._one(uri) for uri in batch["uri"]]
         return batch.assign(**{c: [r[c] for r in results] for c in TRANSCODE_COLUMNS[1:]})
 
     def _one(self, uri: str) -> dict[str, Any]:
-        out_uri = storage.join(self.out_root, storage.relative_to(uri, self.root))
-        if not out_uri.lower().endswith(".mp4"):
-            out_uri = out_uri.rsplit(".", 1)[0] + ".mp4"  # the container is always mp4 now
-        result = {"out_uri": out_uri, "status": "ok", "error": "", "num_frames": 0,
+        deadline = self.limits.deadline(uri)  # before anything else: the read counts too
+        result = {"out_uri": "", "status": "ok", "error": "", "num_frames": 0,
                   "out_num_frames": 0, "out_width": 0, "out_height": 0, "out_size": 0}
+        out_uri = self.out_uri(uri)
+        if out_uri is None:
+            return {**result, "status": "outside_root",
+                    "error": f"not below root {self.root!r} once normalised: not read, nothing written"}
+        result["out_uri"] = out_uri
         try:
-            data = storage.read_bytes(uri, endpoint_url=self.endpoint_url)
+            data = storage.read_bytes(uri, endpoint_url=self.endpoint_url, max_bytes=self.limits.max_bytes)
+        except storage.ObjectTooLargeError as exc:
+            return {**result, "status": "too_large", "error": exc.cause}
         except storage.MissingObjectError as exc:
             return {**result, "status": "missing", "error": exc.cause}
+        except storage.UnreachableError as exc:
+            return {**result, "status": "unreachable", "error": exc.cause[:300]}
         if not data:
             return {**result, "status": "empty", "error": "zero bytes"}
         try:
-            encoded, info = transcode_video(data, **self.options)
+            encoded, info = transcode_video(data, **self.options, limits=self.limits, uri=uri,
+                                            deadline=deadline)
+        except BadVideo as bad:
+            return {**result, "status": bad.reason, "error": bad.detail[:300]}
         except Exception as exc:  # PyAV raises av.error.* (InvalidDataError, ...) or ValueError
             return {**result, "status": "undecodable", "error": f"{type(exc).__name__}: {exc}"[:300]}
         if info["num_frames"] == 0:
@@ -153,21 +206,37 @@ class TranscodeFn:
         storage.write_bytes(out_uri, encoded, endpoint_url=self.endpoint_url)
         return {**result, **info, "out_size": len(encoded)}
 
+    def out_uri(self, uri: str) -> Optional[str]:
+        """Where ``uri``'s copy goes (always .mp4), strictly below ``out_root``; None if ``uri`` is
+        not below ``root``. Both checked after normalising, so no row writes or makes a folder outside."""
+        rel = relative_below(uri, self.root)
+        if rel is None:
+            return None
+        head, _, name = rel.rpartition("/")
+        if not name.lower().endswith(".mp4"):
+            name = (name.rsplit(".", 1)[0] if "." in name else name) + ".mp4"  # the container is always mp4
+        out_uri = storage.join(self.out_root, f"{head}/{name}" if head else name)
+        return out_uri if storage.is_below(out_uri, self.out_root) else None
+
 
 def transcode_dataset(df: pd.DataFrame, *, root: str, out_root: str,
                       short_side: int = DEFAULT_SHORT_SIDE, keyint: int = DEFAULT_KEYINT,
                       crf: int = 23, preset: str = "veryfast", endpoint_url: str = "",
-                      concurrency: Optional[int] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                      concurrency: Optional[int] = None,
+                      limits: Optional[VideoLimits] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Re-encode every video of the manifest below ``out_root`` (Ray Data, CPU actors) and copy
-    ``annotations/`` and list files; returns ``(manifest of the new root, per-video report)``."""
+    ``annotations/`` and list files; returns ``(manifest of the new root, per-video report)``.
+
+    A row not below ``root`` (normalised: ``root/../x.mp4`` is not) is reported ``outside_root``
+    and nothing is written for it; ValueError when no row is below ``root``."""
     if df.empty:
         raise ValueError(f"nothing to transcode: the manifest of {root!r} is empty")
-    outside = [u for u in df["uri"] if not u.startswith(root.rstrip("/") + "/")]
-    if outside:
-        raise ValueError(f"{len(outside)} videos are not below root={root!r} (e.g. {outside[0]!r}); "
+    outside = [u for u in df["uri"] if relative_below(u, root) is None]
+    if len(outside) == len(df):
+        raise ValueError(f"no video of the manifest is below root={root!r} (e.g. {outside[0]!r}); "
                          "transcoding keeps paths relative to the root")
     fn_kwargs = {"root": root, "out_root": out_root, "short_side": short_side, "keyint": keyint,
-                 "crf": crf, "preset": preset, "endpoint_url": endpoint_url}
+                 "crf": crf, "preset": preset, "endpoint_url": endpoint_url, "limits": limits}
     actors = concurrency or max(1, int(ray.available_resources().get("CPU", 1)))
     done = manifest_blocks(df, batch_size=2).map_batches(
         TranscodeFn, fn_constructor_kwargs=fn_kwargs, batch_size=2, batch_format="pandas",

@@ -21,7 +21,7 @@ import pyarrow.fs
 import ray.train
 import torch
 
-from nlray.config import Config, from_yaml, to_yaml
+from nlray.config import Config, ConfigError, to_yaml
 from nlray.data.storage import MissingObjectError, join, pyarrow_filesystem, read_bytes
 from nlray.secrets import redact
 from nlray.tracking import Run
@@ -123,22 +123,28 @@ def fetch_weights(init_from: str, *, tracking_uri: str, endpoint_url: str = "") 
     return _load_bytes(data, uri)
 
 
-def fetch_trained(ref: str, *, tracking_uri: str, endpoint_url: str = "") -> tuple[Config, dict, dict]:
-    """(config, model state, meta) of a finished run (MLflow id / runs:/) or a checkpoint directory URI."""
+def fetch_trained(ref: str, *, tracking_uri: str, endpoint_url: str = "") -> tuple[str, dict, dict]:
+    """(stored config YAML, model state, meta) of a finished run (MLflow id / runs:/) or a checkpoint
+    directory URI. The YAML is someone else's: read it with ``config.from_stored``, which takes only the
+    model and clip shape from it."""
     if is_run_ref(ref):
         run_id = ref.removeprefix("runs:/").split("/")[0]
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 d = Run(run_id, tracking_uri).download("checkpoint", tmp)
             except Exception as e:
-                raise ValueError(redact(f"{ref!r}: MLflow run {run_id} at {tracking_uri} has no final checkpoint "
-                                        f"artifact (did it finish?): {e}")) from None
+                raise ConfigError(f"{ref!r}: MLflow run {run_id} at {tracking_uri} has no final checkpoint "
+                                  f"artifact (did it finish?): {' '.join(str(e).split())[:300]}") from None
             state = load(d)
-            cfg = from_yaml((Path(d) / "config.yaml").read_text())
-        return cfg, state["model"], state["meta"]
-    read = lambda name: read_bytes(join(ref, name), endpoint_url=endpoint_url)  # noqa: E731
-    meta = json.loads(read("meta.json"))
-    return from_yaml(read("config.yaml").decode()), _load_bytes(read("model.pt"), join(ref, "model.pt")), meta
+            text = (Path(d) / "config.yaml").read_text()
+        return text, state["model"], state["meta"]
+    try:
+        read = lambda name: read_bytes(join(ref, name), endpoint_url=endpoint_url)  # noqa: E731
+        meta = json.loads(read("meta.json"))
+        return read("config.yaml").decode(), _load_bytes(read("model.pt"), join(ref, "model.pt")), meta
+    except MissingObjectError as e:
+        raise ConfigError(f"--checkpoint {ref!r}: not a checkpoint directory ({e}); give a folder holding "
+                          "model.pt, config.yaml and meta.json") from None
 
 
 def _from_mlflow(ref: str, tracking_uri: str) -> dict:

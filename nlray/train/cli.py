@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from nlray.config import Config, ConfigError, get, load_config, preset_summaries, validate
+from nlray.secrets import redact, split_userinfo
+
+TRACKING_TIMEOUT_S = 10.0  # how long a job waits for an http(s) tracking server to answer before it stops
 
 # The overrides most runs set, shown with the default preset's values in --help.
 COMMON_OVERRIDES = ("train.steps", "train.num_workers", "train.use_gpu", "data.batch_size", "train.base_lr",
@@ -54,14 +60,39 @@ def to_config(args: argparse.Namespace) -> Config:
 
 
 def parse(description: str, default_preset: str, argv: Optional[Sequence[str]] = None) -> Config:
-    """Parse and validate; a bad key or value exits with the message before any Ray resource is asked for."""
+    """Parse and validate; a bad key or value, or a tracking server that does not answer, exits 2 with one
+    line before any Ray resource is asked for."""
     console_logging()
     p = parser(description, default_preset)
     args = p.parse_args(argv)
     try:
-        return to_config(args)
+        cfg = to_config(args)
+        check_tracking_reachable(cfg.tracking.uri)
+        return cfg
     except ConfigError as e:
-        p.exit(2, f"{p.prog}: error: {e}\n")
+        usage_error(p, str(e))
+
+
+def usage_error(p: argparse.ArgumentParser, message: str) -> NoReturn:
+    """``prog: error: message`` on one line (secrets redacted), exit code 2."""
+    p.exit(2, f"{p.prog}: error: {' '.join(redact(message).split())}\n")
+
+
+def check_tracking_reachable(uri: Optional[str], timeout_s: float = TRACKING_TIMEOUT_S) -> None:
+    """ConfigError within ``timeout_s`` when an http(s) tracking server does not answer (MLflow's own client
+    retries for minutes with no output). Any HTTP answer, even 401, means it is there."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        return
+    clean = split_userinfo(uri)[0]
+    try:
+        urllib.request.urlopen(clean.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(f"tracking server {clean} did not answer within {timeout_s:g} s ({reason}): start it, "
+                          "or set tracking.uri / MLFLOW_TRACKING_URI to one that runs") from None
 
 
 def console_logging() -> None:

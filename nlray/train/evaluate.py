@@ -17,11 +17,12 @@ import ray
 import torch
 
 from nlray import raycluster, tracking
-from nlray.config import Config, TrackingConfig, apply_overrides, env_layer, from_yaml, to_yaml
+from nlray.config import Config, ConfigError, TrackingConfig, env_layer, from_stored, from_yaml, to_yaml
 from nlray.data import resolve_dataset
 from nlray.data.pipeline import build_eval_dataset, split_frame
 from nlray.data.transforms import normalize_on_device
 from nlray.models import build_model
+from nlray.secrets import move_userinfo_to_env
 from nlray.train import checkpoint
 
 log = logging.getLogger("nlray")
@@ -122,17 +123,23 @@ def log_progress(done: int, total: int, logged: int) -> int:
 def run_evaluation(*, ref: str, data: Optional[str] = None, split: Optional[str] = None,
                    clips: Optional[int] = None, crops: Optional[int] = None, actors: int = 1,
                    use_gpu: bool = False, tracking_uri: Optional[str] = None,
-                   overrides: Sequence[str] = ()) -> dict[str, float]:
-    """jobs/evaluate.py: score a finished run / checkpoint and log clip- and video-level top-k to MLflow."""
+                   overrides: Sequence[str] = (), preset: str = "demo") -> dict[str, float]:
+    """jobs/evaluate.py: score a finished run / checkpoint and log clip- and video-level top-k to MLflow.
+
+    The stored config gives only the model and the clips' shape (``config.from_stored``): the data, the
+    tracking server, the cluster, credentials and the decoder pool are the caller's (``preset`` and
+    ``overrides``)."""
     from_env = env_layer().get("tracking", {}).get("uri")  # MLFLOW_TRACKING_URI, as every job reads it
-    uri = tracking.resolve_uri(tracking_uri or from_env or TrackingConfig.uri)
-    cfg, state, meta = checkpoint.fetch_trained(ref, tracking_uri=uri)
-    cfg = _with_overrides(cfg, overrides, data=data, split=split, tracking_uri=uri)
+    uri = tracking.resolve_uri(move_userinfo_to_env(tracking_uri or from_env or TrackingConfig.uri))
+    text, state, meta = checkpoint.fetch_trained(ref, tracking_uri=uri)
+    cfg = from_stored(text, [*overrides, *([f"data.val_split={split}"] if split else [])], root=data,
+                      preset=preset)
+    cfg.tracking.uri = uri
     raycluster.connect(cfg.cluster.address, cfg.cluster.num_cpus)
     df, labels = resolve_dataset(cfg.data)
     if meta.get("labels") and meta["labels"] != labels:
-        raise ValueError(f"the model was trained on {len(meta['labels'])} classes that differ from the "
-                         f"{len(labels)} of {cfg.data.root or 'the demo set'}; evaluate on the same label map")
+        raise ConfigError(f"the model was trained on {len(meta['labels'])} classes that differ from the "
+                          f"{len(labels)} of {cfg.data.root or 'the demo set'}; evaluate on the same label map")
     scores = evaluate(cfg, df, state, num_clips=clips, num_crops=crops, actors=actors, use_gpu=use_gpu)
     metrics = {f"eval/{k}": v for k, v in scores.metrics().items()}
     run_id = meta.get("mlflow_run_id") if checkpoint.is_run_ref(ref) else None
@@ -156,13 +163,3 @@ def log_scores(run: tracking.Run, scores: VideoScores, labels: list[str], metric
     with tracking.tmpdir() as tmp:
         run.log_png(tracking.confusion_png(scores.confusion(), labels, Path(tmp) / "eval_per_class_accuracy.png"))
     run.log_text(tracking.per_class_accuracy_csv(scores.confusion(), labels), "eval_per_class_accuracy.csv")
-
-
-def _with_overrides(cfg: Config, overrides: Sequence[str], *, data, split, tracking_uri: str) -> Config:
-    cfg = apply_overrides(cfg, list(overrides))
-    if data:
-        cfg.data.root = data
-    if split:
-        cfg.data.val_split = split
-    cfg.tracking.uri = tracking_uri
-    return cfg

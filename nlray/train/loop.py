@@ -25,6 +25,7 @@ from nlray.config import Config, from_yaml
 from nlray.data.pipeline import bad_video_counts, bad_video_log_name
 from nlray.data.transforms import normalize_on_device
 from nlray.models import build_model, freeze_batchnorm
+from nlray.secrets import adopt_credential_env
 from nlray.tracking import Run
 from nlray.train import checkpoint
 from nlray.train.precise_bn import update_bn_stats
@@ -220,6 +221,7 @@ def train_steps(loop: Loop, step: int, epoch: int) -> None:
 def setup(config: dict) -> tuple[Loop, int, int]:
     """The model (restored or initialised), optimizer and logging state of one worker: (loop, step, epoch)."""
     cfg, run = from_yaml(config["cfg"]), config["run"]
+    adopt_credential_env(ray.get(config["credentials"]))  # the driver's MLflow credentials, never in cfg
     tcfg, rank = cfg.train, ray.train.get_context().get_world_rank()
     console_logging()
     torch.manual_seed(tcfg.seed + rank)

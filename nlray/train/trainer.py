@@ -22,7 +22,7 @@ from nlray.data.pipeline import (bad_video_counts, bad_video_list, bad_video_log
 from nlray.data import storage
 from nlray.data.synthetic import CLASSES, FLIP_LABEL_MAP, SPECS, ensure_dataset_at, ensure_demo_dataset
 from nlray.models import build_model
-from nlray.secrets import redact
+from nlray.secrets import credential_env, redact
 from nlray.tracking import Run
 from nlray.train import checkpoint
 from nlray.train.evaluate import evaluate
@@ -73,7 +73,10 @@ def make_trainer(cfg: Config, labels: list[str], run: Run, init_ref, train_ds) -
     tcfg = cfg.train
     return TorchTrainer(
         train_func,
-        train_loop_config={"cfg": to_yaml(cfg), "labels": labels, "run": run, "init_ref": init_ref},
+        # credentials as an object in the store, not in the config: Ray Train's state export (and Tune's
+        # loggers) write train_loop_config out, where an object shows only its id
+        train_loop_config={"cfg": to_yaml(cfg), "labels": labels, "run": run, "init_ref": init_ref,
+                           "credentials": ray.put(credential_env())},
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                                      resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(name=cfg.name, storage_path=path, storage_filesystem=fs,

@@ -8,20 +8,23 @@ is a new module and one branch of ``backend``; callers never branch on the schem
 from __future__ import annotations
 
 import os
+import posixpath
 from contextlib import AbstractContextManager
 from typing import Any, Iterable, Optional
 from urllib.parse import unquote, urlparse
 
-from nlray.data.storage.base import MissingObjectError, Storage, StorageError, UnreachableError
+from nlray.data.storage.base import (MissingObjectError, NotRegularFileError, ObjectTooLargeError, Storage,
+                                    StorageError, UnreachableError)
 from nlray.data.storage.local import LocalStorage
 from nlray.data.storage.s3 import S3Storage
 from nlray.data.storage.s3_client import resolve_endpoint
 from nlray.secrets import redact
 
-__all__ = ["StorageError", "MissingObjectError", "UnreachableError", "Storage", "VIDEO_SUFFIXES", "backend",
+__all__ = ["StorageError", "MissingObjectError", "NotRegularFileError", "ObjectTooLargeError", "UnreachableError",
+           "Storage", "VIDEO_SUFFIXES", "backend",
            "read_bytes", "write_bytes", "exists", "size", "is_folder", "check_access", "list_files", "delete",
            "delete_tree", "upload_tree", "staged_tree", "pyarrow_filesystem", "join", "relative_to",
-           "is_s3", "local_path", "resolve_endpoint"]
+           "is_s3", "local_path", "resolve_endpoint", "normalise", "is_below"]
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 URI_FORMS = "s3://bucket[/prefix], file:///abs/path or a plain local path"
@@ -90,12 +93,49 @@ def relative_to(uri: str, root: str) -> str:
     return uri[len(base):]
 
 
+def normalise(uri: str) -> str:
+    """``uri`` in the same form with ``.`` / ``..`` segments and repeated slashes resolved as paths
+    (``s3://b/a/../x.mp4`` -> ``s3://b/x.mp4``; ``..`` above a bucket or ``/`` stays there).
+    Lexical: a local symlink is not resolved. ValueError for an unsupported URI."""
+    scheme, bucket, key = _parse(uri)
+    if scheme == "s3":
+        return f"s3://{bucket}/{posixpath.normpath('/' + key.lstrip('/')).lstrip('/')}" if key else uri
+    if uri.startswith("file://"):
+        return "file://" + posixpath.normpath(key)
+    return posixpath.normpath(uri)
+
+
+def is_below(uri: str, root: str) -> bool:
+    """Whether ``uri`` names something strictly below the folder ``root``, both normalised first
+    (``normalise``): same scheme and bucket, and whole path segments (``/data/k400-evil`` is not
+    below ``/data/k400``). A plain path and a ``file://`` URI of the same file compare equal.
+    False for a URI of an unsupported scheme."""
+    try:
+        scheme, bucket, key = _parse(uri)
+        root_scheme, root_bucket, root_key = _parse(root)
+    except ValueError:
+        return False
+    if (scheme, bucket) != (root_scheme, root_bucket):
+        return False
+    # one leading slash: normpath keeps exactly two ("//x") as POSIX allows
+    path, base = (posixpath.normpath("/" + k.lstrip("/")) for k in (key, root_key))
+    return path != base and path.startswith(base if base == "/" else base + "/")
+
+
 # ---------------------------------------------------------------------------------- operations
 
 
-def read_bytes(uri: str, *, endpoint_url: str = "") -> bytes:
-    """The whole object; ``MissingObjectError`` if it does not exist."""
-    return backend(uri, endpoint_url=endpoint_url).read_bytes()
+def read_bytes(uri: str, *, endpoint_url: str = "", max_bytes: Optional[int] = None) -> bytes:
+    """The whole object; ``MissingObjectError`` if it does not exist.
+
+    ``max_bytes``: a bigger object raises ``ObjectTooLargeError`` (``.size``, ``.limit``) without
+    being read whole (at most ``max_bytes + 1`` bytes in memory; on S3 one GetObject whose length
+    is checked before its body is read). Local reads take regular files only: a device
+    (``/dev/zero``), a FIFO, a socket, a folder or a file of /proc or /sys raises
+    ``NotRegularFileError`` (a MissingObjectError) before anything is read."""
+    if max_bytes is not None and max_bytes < 0:
+        raise ValueError(f"max_bytes must be >= 0 or None, not {max_bytes!r}")
+    return backend(uri, endpoint_url=endpoint_url).read_bytes(max_bytes)
 
 
 def write_bytes(uri: str, data: bytes, *, endpoint_url: str = "") -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 
 from nlray.secrets import redact
 
@@ -15,9 +15,34 @@ class StorageError(RuntimeError):
         self.uri = uri
         self.cause = cause
 
+    def __reduce__(self):  # picklable across Ray processes (Exception pickles only its message)
+        return type(self), (self.uri, self.cause)
+
 
 class MissingObjectError(StorageError):
     """The object or file does not exist (the bucket or folder does)."""
+
+
+class NotRegularFileError(MissingObjectError):
+    """A local path that is not a regular file (a device such as ``/dev/zero``, a FIFO, a socket, a
+    folder) or a file of a pseudo-filesystem (``/proc``, ``/sys``): refused without reading it.
+
+    A MissingObjectError, so that a decoder drops that one video (reason ``missing``) instead of
+    stopping the job: there is no video at that URI."""
+
+
+class ObjectTooLargeError(StorageError):
+    """The object is bigger than the caller's byte cap (``max_bytes``); it was not read whole.
+
+    ``size``: the object's size in bytes as the store or the file system reported it (at least
+    ``limit + 1``); ``limit``: the cap. A decoder drops that video (reason ``too_large``)."""
+
+    def __init__(self, uri: str, size: int, limit: int):
+        super().__init__(uri, f"object is {size} bytes, over the limit of {limit} bytes")
+        self.size, self.limit = size, limit
+
+    def __reduce__(self):  # picklable across Ray processes despite the custom __init__
+        return ObjectTooLargeError, (self.uri, self.size, self.limit)
 
 
 class UnreachableError(StorageError):
@@ -32,7 +57,7 @@ class Storage(Protocol):
 
     uri: str
 
-    def read_bytes(self) -> bytes: ...
+    def read_bytes(self, max_bytes: Optional[int] = None) -> bytes: ...
     def write_bytes(self, data: bytes) -> None: ...
     def exists(self) -> bool: ...
     def size(self) -> int: ...

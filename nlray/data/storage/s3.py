@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from nlray.data.storage.base import MissingObjectError
+from nlray.data.storage.base import MissingObjectError, ObjectTooLargeError
 from nlray.data.storage.s3_client import (CONNECT_TIMEOUT_S, MAX_ATTEMPTS, READ_TIMEOUT_S, call, client,
                                           resolve_endpoint)
 
@@ -45,9 +45,36 @@ class S3Storage:
         s3 = client(self.endpoint_url)
         return call(self.uri, lambda: fn(s3))
 
-    def read_bytes(self) -> bytes:
+    def read_bytes(self, max_bytes: Optional[int] = None) -> bytes:
+        """The whole object. With ``max_bytes``, one GetObject whose ContentLength is checked before
+        the body is read: a bigger object raises ``ObjectTooLargeError`` with its body unread, and
+        at most ``max_bytes + 1`` bytes are ever read (a store whose length header lies)."""
         # the body is read inside the retry loop: a reset or a stall in the middle of it is retried
-        return self._request(lambda s3: s3.get_object(Bucket=self.bucket, Key=self.key)["Body"].read())
+        return self._request(lambda s3: self._read(s3, max_bytes))
+
+    def _read(self, s3: Any, max_bytes: Optional[int]) -> bytes:
+        answer = s3.get_object(Bucket=self.bucket, Key=self.key)
+        body = answer["Body"]
+        if max_bytes is None:
+            return body.read()
+        try:
+            length = int(answer.get("ContentLength") or 0)
+            if length > max_bytes:
+                raise ObjectTooLargeError(self.uri, length, max_bytes)
+            chunks, got = [], 0
+            while got <= max_bytes:
+                # an empty read is the end: botocore then checks the length (a body cut short raises
+                # IncompleteReadError, retried like a reset)
+                chunk = body.read(max_bytes + 1 - got)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+            if got > max_bytes:
+                raise ObjectTooLargeError(self.uri, max(length, got), max_bytes)
+            return b"".join(chunks)
+        finally:
+            body.close()  # the rest of a refused body is not downloaded
 
     def write_bytes(self, data: bytes) -> None:
         if not self.key or self.key.endswith("/"):
