@@ -18,7 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nlray.config import ConfigError  # noqa: E402
+from nlray.config import credentials_on_command_line  # noqa: E402
 from nlray.train.cli import check_tracking_reachable, console_logging, usage_error  # noqa: E402
+from nlray.secrets import split_userinfo  # noqa: E402
 from nlray.uris import parse_uri  # noqa: E402
 
 RUN_REF = re.compile(r"(runs:/)?[0-9a-f]{32}(/.*)?")
@@ -54,6 +56,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                 parse_uri(uri)
             except ValueError as e:
                 usage_error(p, f"{flag}: {e}")
+    if args.tracking_uri and split_userinfo(args.tracking_uri)[1] is not None:
+        usage_error(p, credentials_on_command_line("--tracking-uri"))
     for flag, n in (("--clips", args.clips), ("--crops", args.crops), ("--actors", args.actors)):
         if n is not None and n < 1:
             usage_error(p, f"{flag}={n} must be >= 1")

@@ -347,6 +347,8 @@ def _overridden(cfg, overrides: list[str]) -> Config:
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
         key, _, value = item.partition("=")
         _refuse_interpolation({key.strip(): value}, f"override {item!r}")
+        if key.strip() == "tracking.uri" and split_userinfo(value.strip())[1] is not None:
+            raise ConfigError(credentials_on_command_line(f"override {item!r}"))
         if value.strip().strip("'\"") == "???":  # OmegaConf's "missing": merging it would silently keep the old value
             raise ConfigError(f"override {item!r}: {key!r}: '???' is not a value.{_type_hint(key)}")
         try:
@@ -358,6 +360,13 @@ def _overridden(cfg, overrides: list[str]) -> Config:
     obj.tracking.uri = move_userinfo_to_env(obj.tracking.uri)  # credentials live in the environment only
     validate(obj)
     return obj
+
+
+def credentials_on_command_line(what: str) -> str:
+    """Why a tracking URI with user:password@ is refused on a command line, and what to do instead."""
+    return (f"{what}: a password on a command line is seen by every user of the machine (ps) and recorded by "
+            "Ray as the job's entrypoint: give the URI without it and set MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD (or put the whole URI in MLFLOW_TRACKING_URI)")
 
 
 # An OmegaConf interpolation: "${" after an even number of backslashes ("\\${" is an escaped literal).

@@ -38,7 +38,9 @@ _USERINFO = re.compile(rf"(?P<scheme>\b(?!(?:{_PATH_SCHEMES})://)[A-Za-z][A-Za-z
 # user:password@host with no scheme (an endpoint given as host:port): a colon in the userinfo is required.
 _BARE_USERINFO = re.compile(rf"(?<![\w/:@.%*-])[\w.~!$&+,;=%-]+:[^\s'\"<>@/]+@(?={_HOST_END})")
 # A percent-encoded URI's userinfo: scheme%3A%2F%2F ... %40.
-_ENCODED_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*%3A%2F%2F)(?P<userinfo>[^\s'\"<>&]*?%40)", re.I)
+_ENCODED_HOST_END = r"(?:[\w.-]+|%5B[0-9A-Fa-f%:.]+%5D)(?:%3A\d*)?(?=%2F|%3F|%23|[\s'\"<>&),;]|$)"
+_ENCODED_USERINFO = re.compile(rf"(?P<scheme>\b[A-Za-z](?:[A-Za-z0-9.-]|%2B)*%3A%2F%2F)(?P<userinfo>[^\s'\"<>&]*?%40)"
+                               rf"(?={_ENCODED_HOST_END})", re.I)
 # Signed-URL and token query values: ?token=, X-Amz-Signature=, X-Amz-Security-Token=, sig=, password= ...
 _QUERY_SECRET = re.compile(r"(?P<key>[?&;](?:[\w.-]*(?:token|signature|secret|password|passwd|credential|"
                            r"api[_-]?key|access[_-]?key)[\w.-]*|sig)=)(?P<value>[^&#\s'\"<>]+)", re.I)

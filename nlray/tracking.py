@@ -174,17 +174,60 @@ class Run:
         return mlflow.artifacts.download_artifacts(run_id=self.id, artifact_path=artifact_path,
                                                    dst_path=str(dst), tracking_uri=self.uri)
 
-    def log_model(self, model: torch.nn.Module, registered_name: str = "") -> None:
-        """The final model through mlflow.pytorch (registered under a name when one is configured)."""
-        import mlflow
+    def log_model(self, model: torch.nn.Module, *, labels: list[str], frames: int, frame_stride: int,
+                  crop_size: int, registered_name: str = "") -> None:
+        """The final model through mlflow.pytorch as a torch.export program (MLflow's "pt2" format), with a
+        signature, the label map and the expected input in its metadata (registered under a name when one is
+        configured).
 
+        Input: float32 [B, 3, frames, crop_size, crop_size] (B any), RGB normalised as in training
+        (``normalize_on_device``); output: float32 [B, len(labels)] class scores, column i = labels[i].
+        """
+        import mlflow
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        from nlray.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+        classes = getattr(getattr(model, "fc", None), "out_features", len(labels))
+        if classes != len(labels):  # the signature and the label map would describe another model
+            raise ValueError(f"the model has {classes} outputs but the label map {len(labels)} classes")
+        model = model.cpu().eval()
+        shape = (3, frames, crop_size, crop_size)
+        # -1: the batch is left dynamic (mlflow exports it as torch.export's Dim.AUTO); T, H, W stay the
+        # trained clip's, so pyfunc refuses another size with a clear error instead of a shape failure inside.
+        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape))]),
+                                   outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(labels)))]))
+        # In eval mode a test_head="conv" model returns log-probabilities (softmax of them is the class
+        # probabilities averaged over the fully convolutional test's positions); "pool" returns logits.
+        scores = "log_probs" if getattr(model, "test_head", "pool") == "conv" else "logits"
+        metadata = {"nlray.labels": list(labels),
+                    "nlray.input": {"layout": "B, C, T, H, W", "dtype": "float32", "channels": "RGB",
+                                    "frames": frames, "frame_stride": frame_stride, "crop_size": crop_size,
+                                    "normalisation": "(x / 255 - mean) / std per channel, x uint8 RGB",
+                                    "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+                    "nlray.output": {"shape": "B, num_classes", "scores": scores, "column": "index in nlray.labels"}}
+        # pt2 traces the example; a bare ndarray example is also stored as JSON, input_example.json plus an
+        # indented serving_input_example.json (a 2×3×32×224² clip of zeros: 48 + 167 MB, more than the
+        # weights), and run through the model once more to validate it. A list of one ndarray is traced but
+        # not stored (MLflow's example writer refuses arrays in a list) and keeps the pyfunc flavour (a
+        # torch.Tensor example would drop it). Batch 2: export turns a size-1 dimension into a constant.
+        # Zeros: only the shape is traced (fake tensors), and pages never written cost no memory.
+        example = [np.zeros((2, *shape), np.float32)]
         mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=self.id):
-            # pickle, not MLflow 3's default pt2 export: tracing a 128-frame model needs an example input
-            # and minutes of CPU; loading needs nlray importable, which serving nlray models needs anyway.
-            mlflow.pytorch.log_model(model.cpu().eval(), name="model", serialization_format="pickle",
-                                     registered_model_name=registered_name or None,
-                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "nlray"])
+        with tmpdir() as tmp, mlflow.start_run(run_id=self.id):
+            labels_txt = Path(tmp) / "labels.txt"  # one class name a line, line i = output column i
+            labels_txt.write_text("".join(f"{name}\n" for name in labels), encoding="utf-8")
+            # no_grad: the inference graph; with gradients on, the non-local blocks' CPU attention splits its
+            # queries by torch's thread count (nonlocal_block._query_parts), which the export would bake in.
+            with torch.no_grad():
+                # pt2, not pickle: mlflow.pytorch.load_model unpickles a pickled model, i.e. runs whatever
+                # code the artifact holds; a pt2 archive is a graph plus raw weights that MLflow checks to be
+                # pickle-free before loading, and it loads without nlray installed.
+                mlflow.pytorch.log_model(model, name="model", serialization_format="pt2", signature=signature,
+                                         input_example=example, metadata=metadata, extra_files=[str(labels_txt)],
+                                         registered_model_name=registered_name or None,
+                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
 
 @dataclass(frozen=True)

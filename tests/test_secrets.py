@@ -67,12 +67,13 @@ def test_short_environment_values_are_not_treated_as_secrets(monkeypatch):
     assert redact("testing the loader") == "testing the loader"
 
 
-def test_no_secret_reaches_mlflow_params_tags_or_artifacts(secret_env, mlflow_server, tmp_path):
+def test_no_secret_reaches_mlflow_params_tags_or_artifacts(secret_env, mlflow_server, tmp_path, monkeypatch):
     host = mlflow_server.removeprefix("http://")
     uri = f"http://{URI_USER}:{URI_PASSWORD}@{host}"  # userinfo in the tracking URI: moved to the environment
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # where a URI with a password may be given
     token = ENV_SECRETS["AWS_SESSION_TOKEN"]
     cfg = load_config("demo", [
-        "name=secrets", f"tracking.uri={uri}", "tracking.experiment=t-secrets",
+        "name=secrets", "tracking.experiment=t-secrets",
         f"train.init_from=s3://b/ckpt?X-Amz-Security-Token={quote(token, safe='')}"])
     assert cfg.tracking.uri == mlflow_server  # the config tree holds no credential
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == URI_USER and os.environ["MLFLOW_TRACKING_PASSWORD"] == URI_PASSWORD
@@ -148,7 +149,10 @@ def test_config_errors_and_cluster_path_problems_hide_userinfo(secret_env, capsy
         with pytest.raises(ConfigError, match="unsupported scheme") as bad:
             load_config("demo", [f"{key}=gs://{userinfo}b/k400"])
         assert leaks(str(bad.value)) == []
-    cfg = load_config("demo", [f"tracking.uri=file://{userinfo}nfs/mlruns", "data.root=/data/k400",
+    with pytest.raises(ConfigError, match="MLFLOW_TRACKING_PASSWORD") as on_cli:
+        load_config("demo", [f"tracking.uri=http://{userinfo}h:5000"])
+    assert leaks(str(on_cli.value)) == []
+    cfg = load_config("demo", ["tracking.uri=file://nfs/mlruns", "data.root=/data/k400",
                                "train.storage_path=/results"])
     problems = node_local_settings(cfg)
     assert len(problems) == 3 and leaks("\n".join(problems)) == []

@@ -194,3 +194,52 @@ def test_runs_that_start_together_all_record_the_same_dataset(mlflow_server):
     for r in runs:
         (got,) = client.get_run(r.id).inputs.dataset_inputs
         assert (got.dataset.name, got.dataset.digest) == ("k", ds.digest)
+
+
+def test_the_final_model_loads_without_pickle_with_its_signature_and_label_map(mlflow_server, monkeypatch, tmp_path):
+    import mlflow
+    import torch
+    from mlflow.exceptions import MlflowException
+
+    from nlray.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from nlray.models import build_model
+
+    cfg = load_config("demo", ["name=track-model", f"tracking.uri={mlflow_server}", "tracking.experiment=t-model",
+                               "model.width=8"])
+    labels = ["moving_left", "moving_right", "a, b", "über"]
+    run, _ = tracking.start_or_resume_run(cfg, labels)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, num_classes=len(labels)).eval()
+    t, s = cfg.data.frames, cfg.data.crop_size
+    run.log_model(model, labels=labels, frames=t, frame_stride=cfg.data.frame_stride, crop_size=s)
+    with pytest.raises(ValueError, match="4 outputs but the label map 3 classes"):
+        run.log_model(model, labels=labels[:3], frames=t, frame_stride=cfg.data.frame_stride, crop_size=s)
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # a pickled model is refused
+    uri = f"runs:/{run.id}/model"
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path), tracking_uri=mlflow_server))
+    files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    assert "data/model.pt2" in files and "data/model.pth" not in files  # torch.export, not a pickle
+    assert not {"input_example.json", "serving_input_example.json"} & files  # the example is not stored
+    assert (local / "extra_files" / "labels.txt").read_text(encoding="utf-8") == "".join(f"{n}\n" for n in labels)
+
+    mlflow.set_tracking_uri(mlflow_server)
+    loaded = mlflow.pyfunc.load_model(uri)
+    (spec,) = loaded.metadata.signature.inputs.inputs
+    assert (spec.shape, spec.type) == ((-1, 3, t, s, s), np.dtype(np.float32))
+    (out,) = loaded.metadata.signature.outputs.inputs
+    assert (out.shape, out.type) == ((-1, len(labels)), np.dtype(np.float32))
+    meta = loaded.metadata.metadata
+    assert meta["nlray.labels"] == labels
+    assert (meta["nlray.input"]["mean"], meta["nlray.input"]["std"]) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
+    assert meta["nlray.output"]["scores"] == "logits"
+
+    x = np.random.default_rng(0).standard_normal((3, 3, t, s, s)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    for batch in (x[:2], x):  # the batch is dynamic (exported from an example of 2)
+        np.testing.assert_allclose(loaded.predict(batch), want[:len(batch)], atol=1e-4, rtol=1e-4)
+    with pytest.raises(MlflowException, match="[Ss]hape"):  # another clip length: refused by the signature
+        loaded.predict(x[:, :, : t // 2])
+    got = mlflow.pytorch.load_model(uri)(torch.from_numpy(x[:2]))
+    np.testing.assert_allclose(got.detach().numpy(), want[:2], atol=1e-4, rtol=1e-4)

@@ -68,9 +68,9 @@ def parse(description: str, default_preset: str, argv: Optional[Sequence[str]] =
     try:
         cfg = to_config(args)
         check_tracking_reachable(cfg.tracking.uri)
-        return cfg
     except ConfigError as e:
         usage_error(p, str(e))
+    return cfg
 
 
 def usage_error(p: argparse.ArgumentParser, message: str) -> NoReturn:

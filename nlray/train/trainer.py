@@ -205,7 +205,8 @@ def finish(cfg: Config, df, labels: list[str], run: Run, result) -> dict:
     log_bad_videos(cfg, run)
     model = build_model(cfg.model, num_classes=cfg.model.num_classes)
     model.load_state_dict(state["model"])
-    run.log_model(model, cfg.tracking.registered_model_name)
+    run.log_model(model, labels=labels, frames=cfg.data.frames, frame_stride=cfg.data.frame_stride,
+                  crop_size=cfg.data.crop_size, registered_name=cfg.tracking.registered_model_name)
     metrics = validate(cfg, df, labels, run, state["model"], step)
     with tracking.tmpdir() as tmp:
         png = tracking.learning_curve_png(run, ["train/loss", "train/clip_top1", "train/lr"],

@@ -7,11 +7,9 @@ is a new module and one branch of ``backend``; callers never branch on the schem
 """
 from __future__ import annotations
 
-import os
 import posixpath
 from contextlib import AbstractContextManager
 from typing import Any, Iterable, Optional
-from urllib.parse import unquote, urlparse
 
 from nlray.data.storage.base import (MissingObjectError, NotRegularFileError, ObjectTooLargeError, Storage,
                                     StorageError, UnreachableError)
@@ -19,6 +17,7 @@ from nlray.data.storage.local import LocalStorage
 from nlray.data.storage.s3 import S3Storage
 from nlray.data.storage.s3_client import resolve_endpoint
 from nlray.secrets import redact
+from nlray.uris import parse_uri
 
 __all__ = ["StorageError", "MissingObjectError", "NotRegularFileError", "ObjectTooLargeError", "UnreachableError",
            "Storage", "VIDEO_SUFFIXES", "backend",
@@ -27,31 +26,11 @@ __all__ = ["StorageError", "MissingObjectError", "NotRegularFileError", "ObjectT
            "is_s3", "local_path", "resolve_endpoint", "normalise", "is_below"]
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
-URI_FORMS = "s3://bucket[/prefix], file:///abs/path or a plain local path"
 
 
 # ----------------------------------------------------------------------------------------- URIs
-
-
-def _parse(uri: str) -> tuple[str, str, str]:
-    """``(scheme, bucket, key)`` for s3 or ``("file", "", abs_path)`` for local URIs."""
-    if not isinstance(uri, str) or not uri.strip():
-        raise ValueError(f"storage URI {redact(uri)!r} is empty; use {URI_FORMS}")
-    if uri.startswith("s3://"):
-        rest = uri[len("s3://"):]
-        bucket, _, key = rest.partition("/")
-        if not bucket or "/" in bucket or bucket != bucket.strip():
-            raise ValueError(f"storage URI {redact(uri)!r} has no bucket; use {URI_FORMS}")
-        return "s3", bucket, key
-    if uri.startswith("file://"):
-        parsed = urlparse(uri)
-        if parsed.netloc not in ("", "localhost"):
-            raise ValueError(f"storage URI {redact(uri)!r}: file:// URIs must be absolute (file:///path); "
-                             f"use {URI_FORMS}")
-        return "file", "", unquote(parsed.path)
-    if "://" in uri or uri.lower().startswith("s3:"):
-        raise ValueError(f"storage URI {redact(uri)!r} has an unsupported scheme; use {URI_FORMS}")
-    return "file", "", os.path.abspath(os.path.expanduser(uri))
+# One parser of what a storage URI may be, torch- and boto3-free (the config checks URIs with it too).
+_parse = parse_uri
 
 
 def backend(uri: str, *, endpoint_url: str = "") -> Storage:
