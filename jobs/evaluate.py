@@ -1,4 +1,4 @@
-"""Multi-view evaluation (docs/paper.md "Inference": 10 clips x 3 crops, shorter side 256, softmax averaged)
+"""Multi-view evaluation (PAPER.md "Inference": 10 clips x 3 crops, shorter side 256, softmax averaged)
 of a finished run or a checkpoint over the validation split, as a Ray Data batch-inference job.
 
     python jobs/evaluate.py --run <MLflow run id> --data s3://bucket/kinetics400 [--clips 10 --crops 3]

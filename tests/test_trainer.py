@@ -18,7 +18,8 @@ def env(ray_local, s3_data, mlflow_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     common = [f"data.root={s3_data}", f"data.cache_dir={root / 'cache'}", f"tracking.uri={mlflow_server}",
               "tracking.experiment=t-train", f"train.storage_path={root / 'results'}"]
-    return {"common": common, "uri": mlflow_server, "root": root}
+    return {"common": common, "uri": mlflow_server, "root": root, "data": s3_data,
+            "eval": [f"data.cache_dir={root / 'cache'}"]}  # the caller's: a stored config gives model and shape
 
 
 def config(env, preset: str, *extra: str):
@@ -97,7 +98,8 @@ def test_evaluate_job_logs_multiview_metrics(env, short_run):
     from nlray.train.evaluate import run_evaluation
 
     _, first = short_run
-    out = run_evaluation(ref=first["run_id"], clips=3, crops=3, tracking_uri=env["uri"])
+    out = run_evaluation(ref=first["run_id"], clips=3, crops=3, tracking_uri=env["uri"], data=env["data"],
+                         overrides=env["eval"])
     assert out["run_id"] == first["run_id"]
     assert out["eval/views"] == out["eval/videos"] * 9
     assert 0.0 <= out["eval/video_top1"] <= out["eval/video_top5"] <= 1.0
@@ -110,7 +112,8 @@ def test_evaluating_a_checkpoint_logs_into_an_eval_run_that_it_ends(env, short_r
 
     cfg, first = short_run
     newest = checkpoint.stored_checkpoints(cfg)[0].path  # a checkpoint folder, not a run id
-    out = run_evaluation(ref=newest, clips=1, crops=1, tracking_uri=env["uri"])
+    out = run_evaluation(ref=newest, clips=1, crops=1, tracking_uri=env["uri"], data=env["data"],
+                         overrides=env["eval"])
     assert out["run_id"] != first["run_id"]
     client = MlflowClient(env["uri"])
     run = client.get_run(out["run_id"])
