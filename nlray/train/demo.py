@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 from nlray.config import Config, load_config
 from nlray.data import resolve_dataset
+from nlray.secrets import redact
 from nlray.tracking import resolve_uri
 from nlray.train.trainer import fit
 
@@ -39,5 +40,5 @@ def report(short: Config, first: dict, long: Config, second: dict) -> None:
               f"val video top-1 {res.get('val/video_top1', float('nan')):.3f} ({views}), "
               f"clip top-1 {res.get('val/clip_top1', float('nan')):.3f}, chance {chance:.3f}; "
               f"MLflow run {res['run_id']}")
-    print(f"\nSee the runs: mlflow ui --backend-store-uri {resolve_uri(short.tracking.uri)}  "
+    print(f"\nSee the runs: mlflow ui --backend-store-uri {redact(resolve_uri(short.tracking.uri))}  "
           "(then open http://127.0.0.1:5000)")
