@@ -99,6 +99,7 @@ class DataConfig:
     max_frame_pixels: int = 3840 * 2160  # width x height of the coded frame -> frame_size
     max_aspect_ratio: float = 4.0  # long side / short side (16x16384 scaled to 256 short side: 3 GiB) -> frame_size
     max_packets: int = 100_000  # packets demuxed from one video (~55 min at 30 fps) -> too_many_packets
+    progress_interval_s: float = 60.0  # off a terminal: one progress line of the data pipeline per interval
     decode_timeout_s: float = 60.0  # wall time to decode one video's clip(s) (probe, transcode too) -> timeout
 
 
@@ -133,6 +134,7 @@ class TrainConfig:
     #   scale by base_batch / actual global batch, so a run on fewer workers sees the paper's epochs
     val_num_clips: int = 0  # clips per video of the validation after training; 0 = data.eval_num_clips
     val_num_crops: int = 0  # 0 = data.eval_num_crops
+    val_actors: int = 0  # scoring actors of the validation after training (a GPU each on GPUs); 0 = num_workers
     storage_path: str = "~/nlray_results"  # Ray Train checkpoints: local, NFS or s3://
     max_failures: int = 3  # worker-group restarts from the latest checkpoint
     seed: int = 0
@@ -198,6 +200,7 @@ POSITIVE = ("data.frames", "data.frame_stride", "data.crop_size", "data.eval_sho
             "train.lr_gamma")
 NON_NEGATIVE = ("data.decode_actors_max", "data.decode_cpus", "train.cpus_per_worker", "train.warmup_steps",
                 "train.global_batch", "train.weight_decay", "train.val_num_clips", "train.val_num_crops",
+                "train.val_actors", "data.progress_interval_s",
                 "train.seed", "cluster.num_cpus", "train.precise_bn_batches", "model.nl_init_std",
                 "model.fc_init_std", "tracking.system_metrics_interval_s")  # numpy refuses negative seeds; 0 CPUs is Ray's "none"
 # A run name is a folder (Ray Train storage), an MLflow tag inside a quoted search filter, a Ray Data name.
