@@ -20,6 +20,18 @@ opened once in parallel (Ray Data) and the manifest gets status / num_frames / f
 --probe and --transcode read and decode each video with PyAV under the per-video limits (the
 data.max_* / data.decode_timeout_s defaults, or --max-video-bytes ... --decode-timeout-s; 0: no
 limit): a video over one gets its reason (too_large, frame_size, too_many_packets, timeout).
+
+On a cluster, --probe and --transcode run on decode nodes: each actor asks for 1 CPU and a unit of
+nlray_decode when the cluster has it or its autoscaler can add a node type that carries it
+(--decode-resource, NLRAY_DECODE_RESOURCE: "auto"; a name; "" for anywhere). The pool starts with one
+actor and grows to --concurrency (default: max_workers x slots of the autoscaler's decode node types,
+else the cluster's CPUs now); the actors that do not fit yet make the autoscaler add decode nodes.
+Resume: every finished video is logged as it arrives (JSON lines below OUT_URI/.nlray-prepare/ for
+--transcode, below the folder of --out for --probe): run the same command again after a failure or a
+kill and only the videos not logged yet are done (an output a killed run wrote whole is checked and
+kept, not encoded again). Progress: one line every --progress-interval-s (done / failed / remaining,
+videos/s, ETA), e.g. "transcode: 1200/246000 done (15 failed, 1000 from an earlier run), 244800
+remaining, 8.30 videos/s, ETA 8h11m, 2m24s elapsed".
 The last line printed is a JSON summary.
 """
 from __future__ import annotations
@@ -27,8 +39,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -59,7 +73,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--x264-preset", default="veryfast", help="--transcode: x264 speed preset")
     p.add_argument("--endpoint-url", default="", help="S3-compatible endpoint (else AWS_ENDPOINT_URL[_S3])")
     p.add_argument("--ray-address", default="", help="Ray cluster (default: RAY_ADDRESS or local)")
-    p.add_argument("--concurrency", type=int, default=0, help="max actors (0: the cluster's CPUs)")
+    p.add_argument("--concurrency", type=int, default=0,
+                   help="--probe/--transcode: most actors (0: the autoscaler's decode node types' CPU slots, "
+                        "else the cluster's CPUs now)")
+    p.add_argument("--decode-resource", default=os.environ.get("NLRAY_DECODE_RESOURCE", "auto"),
+                   help="resource each actor asks for: auto (nlray_decode when the cluster has or can add it), "
+                        "a name, or '' (default: NLRAY_DECODE_RESOURCE or auto)")
+    p.add_argument("--progress-interval-s", type=float, default=30.0,
+                   help="--probe/--transcode: seconds between progress lines (0: first and last only)")
+    p.add_argument("--flush-s", type=float, default=5.0,
+                   help="--probe/--transcode: seconds between writes of the results log (resume)")
     p.add_argument("--allow-outside-root", action="store_true",
                    help="keep list/annotation rows naming files outside --root (data.allow_outside_root)")
     limits = VideoLimits.from_config(DataConfig())  # the data.max_* / data.decode_timeout_s defaults
@@ -82,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("max_video_bytes", "max_frame_pixels", "max_aspect_ratio", "max_packets", "decode_timeout_s"):
         if getattr(args, flag) < 0:
             p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be >= 0 (0: no limit)")
+    if args.concurrency < 0 or args.progress_interval_s < 0 or args.flush_s < 0:
+        p.error("--concurrency, --progress-interval-s and --flush-s must be >= 0")
     if 0 < args.max_aspect_ratio < 1:
         p.error(f"--max-aspect-ratio {args.max_aspect_ratio} must be >= 1 (long side / short side) or 0")
     return args
@@ -94,13 +119,37 @@ def video_limits(args: argparse.Namespace) -> VideoLimits:
                        timeout_s=args.decode_timeout_s or None)
 
 
-def transcode(args: argparse.Namespace, df):
+@contextmanager
+def listing_once():
+    """Within it, a listing of a folder (``storage.list_files``) is made once: ``scan_dataset`` lists the
+    root and ``copy_annotations`` reuses that listing (a 266k-video root costs a listing ~10 s on S3).
+    Yields the dict of listings made ({(uri, suffixes, endpoint): [(uri, size)]})."""
+    real = storage.list_files
+    made: dict = {}
+
+    def once(uri, *, suffixes=storage.VIDEO_SUFFIXES, endpoint_url=""):
+        key = (uri, None if suffixes is None else tuple(suffixes), endpoint_url)
+        if key not in made:
+            made[key] = real(uri, suffixes=suffixes, endpoint_url=endpoint_url)
+        return list(made[key])
+
+    storage.list_files = once
+    try:
+        yield made
+    finally:
+        storage.list_files = real
+
+
+def transcode(args: argparse.Namespace, df, listings: dict):
     """Re-encode below --transcode; returns the new manifest and the failed rows."""
     raycluster.connect(args.ray_address)
     new, report = transcode_dataset(df, root=args.root, out_root=args.transcode,
                                     short_side=args.short_side, keyint=args.keyint, crf=args.crf,
                                     preset=args.x264_preset, endpoint_url=args.endpoint_url,
-                                    concurrency=args.concurrency or None, limits=video_limits(args))
+                                    concurrency=args.concurrency or None, limits=video_limits(args),
+                                    decode_resource=args.decode_resource,
+                                    progress_interval_s=args.progress_interval_s, flush_s=args.flush_s,
+                                    root_listing=listings.get((args.root, None, args.endpoint_url)))
     failed = report[report["status"] != "ok"]
     folder = args.out.rsplit("/", 1)[0] if "/" in args.out else "."
     buf = io.StringIO()
@@ -113,8 +162,9 @@ def transcode(args: argparse.Namespace, df):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    df, labels, missing, outside = scan_dataset(args.root, endpoint_url=args.endpoint_url,
-                                                allow_outside_root=args.allow_outside_root)
+    with listing_once() as listings:
+        df, labels, missing, outside = scan_dataset(args.root, endpoint_url=args.endpoint_url,
+                                                    allow_outside_root=args.allow_outside_root)
     print(f"{len(df)} videos, {len(labels)} classes, {len(missing)} annotated videos missing, "
           f"{len(outside)} rows outside the root refused")
     if outside:
@@ -123,13 +173,16 @@ def main(argv: list[str] | None = None) -> int:
                      "missing": len(missing), "outside_root": len(outside),
                      "splits": df["split"].value_counts().to_dict()}
     if args.transcode:
-        df, failed = transcode(args, df)
+        df, failed = transcode(args, df, listings)
         print(f"transcoded {len(df)} videos to {args.transcode}; {len(failed)} failed")
         summary.update(transcoded=len(df), transcode_failed=failed["status"].value_counts().to_dict())
     if args.probe:
         raycluster.connect(args.ray_address)
+        folder = args.out.rsplit("/", 1)[0] if "/" in args.out else "."
         df = probe_manifest(df, endpoint_url=args.endpoint_url, min_frames=args.min_frames,
-                            concurrency=args.concurrency or None, limits=video_limits(args))
+                            concurrency=args.concurrency or None, limits=video_limits(args),
+                            decode_resource=args.decode_resource, results_folder=folder,
+                            progress_interval_s=args.progress_interval_s, flush_s=args.flush_s)
         summary["status"] = df["status"].value_counts().to_dict()
         print("probe: " + ", ".join(f"{k} {v}" for k, v in summary["status"].items()))
     written = write_manifest(df, labels, args.out, missing=missing, outside_root=outside,

@@ -31,10 +31,10 @@ _HOST_END = r"(?:[\w.-]+|\[[0-9A-Fa-f:.]+\])(?::\d*)?(?=[/?#\s'\"<>),;\]]|$)"
 # Object-store schemes, whose keys may hold "@": their userinfo ends where RFC 3986's authority does.
 _PATH_SCHEMES = r"s3|s3a|s3n|gs|gcs|file|hdfs|abfss?|wasbs?|az"
 _USERINFO_PATH = re.compile(rf"(?P<scheme>\b(?:{_PATH_SCHEMES})://)(?P<userinfo>[^/?#\s'\"<>@]*@)", re.I)
-# Other schemes: a password may hold / ? # @ (malformed, but seen): the userinfo runs to the first "@"
-# that a host[:port] and a delimiter follow.
+# Other schemes: a password may hold / ? # @ (malformed, but seen): the userinfo runs to the last "@" before
+# any / ? # that a host[:port] and a delimiter follow, else to the first such "@" past them.
 _USERINFO = re.compile(rf"(?P<scheme>\b(?!(?:{_PATH_SCHEMES})://)[A-Za-z][A-Za-z0-9+.-]*://)"
-                       rf"(?P<userinfo>[^\s'\"<>]*?@)(?={_HOST_END})", re.I)
+                       rf"(?P<userinfo>(?:[^\s'\"<>/?#]*@(?={_HOST_END})|[^\s'\"<>]*?@(?={_HOST_END})))", re.I)
 # user:password@host with no scheme (an endpoint given as host:port): a colon in the userinfo is required.
 _BARE_USERINFO = re.compile(rf"(?<![\w/:@.%*-])[\w.~!$&+,;=%-]+:[^\s'\"<>@/]+@(?={_HOST_END})")
 # A percent-encoded URI's userinfo: scheme%3A%2F%2F ... %40.

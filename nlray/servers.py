@@ -16,10 +16,19 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
+_GIVEN: set[int] = set()  # ports handed out by this process: a node's several ports must differ
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free 127.0.0.1 port this process has not handed out before (the OS may give a just-freed one again:
+    a ray start once got the same port for two of its components)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:

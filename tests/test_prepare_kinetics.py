@@ -5,9 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Optional
 
 import av
 import boto3
@@ -185,3 +189,106 @@ def test_transcode_end_to_end(ray_local, s3_tiny):
     report = list(csv.DictReader(io.StringIO(get(bucket, "tm/transcode_report.csv").decode())))
     assert [(r["uri"].rsplit("/", 1)[-1], r["status"]) for r in report] == [
         ("junk_000000_000010.mp4", "undecodable")]
+
+
+# ------------------------------------------------------------------------------ resume after a kill
+
+RESUME_SPEC = synthetic.SyntheticSpec(classes=synthetic.CLASSES[:4], per_class=4, val_per_class=1,
+                                      width_range=(160, 192), aspects=(4 / 3,), fps_choices=(25,),
+                                      duration_range=(4.0, 4.0))  # 20 videos, ~0.3 s each to transcode
+RESUME_CONCURRENCY, RESUME_BATCH = 2, 2  # transcode batches are 2 videos
+
+
+def results_records(out_root: Path, parts: Optional[set] = None) -> list[dict]:
+    """Records of the transcode results log below ``out_root`` (only ``parts``' when given)."""
+    records = []
+    for part in sorted(out_root.glob(".nlray-prepare/transcode-*/part-*.jsonl")):
+        if parts is None or part in parts:
+            records += [json.loads(line) for line in part.read_text().splitlines() if line.strip()]
+    return records
+
+
+def outputs(out_root: Path) -> dict[str, tuple[int, int]]:
+    """Every transcoded video below ``out_root``: relative path -> (inode, mtime_ns): an output
+    written again (atomically: a new file renamed over it) gets a new inode."""
+    return {str(p.relative_to(out_root)): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in out_root.rglob("*.mp4")}
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL every process of the job's session (the driver, the local Ray it started, its actors)."""
+    from nlray.local_cluster import _session_members
+
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while (left := _session_members(proc.pid)) and time.monotonic() < deadline:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    assert not _session_members(proc.pid)
+
+
+def comparable(manifest: Path, out_root: Path) -> list[tuple]:
+    """The manifest's rows, sorted, the output root replaced by OUT, without ``size``: x264 + swscale
+    outputs of one video differ by a few bytes from one process to another (seen here: 13905 / 13908
+    bytes, same x264 options, threads=1), killed or not; each size must be its file's."""
+    df = pd.read_parquet(manifest)
+    assert [Path(u).stat().st_size for u in df["uri"]] == list(df["size"])
+    df["uri"] = [u.replace(str(out_root), "OUT") for u in df["uri"]]
+    return sorted(df.drop(columns=["size"]).astype(str).itertuples(index=False, name=None))
+
+
+def test_a_killed_transcode_resumes_where_it_stopped(tmp_path):
+    root = tmp_path / "k"
+    synthetic.make_dataset(str(root), RESUME_SPEC)
+    total = len(list(root.rglob("*.mp4")))
+    assert total == 20
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, JOB, "--root", str(root), "--transcode", str(out), "--short-side", "64",
+                "--keyint", "16", "--concurrency", str(RESUME_CONCURRENCY), "--decode-resource", "",
+                "--flush-s", "0", "--progress-interval-s", "5", "--out", str(out / "manifest.parquet")]
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    out = tmp_path / "t"
+    t0 = time.monotonic()
+    first = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True, env=env)
+    try:
+        while len(results_records(out)) < 6:  # the log shows 6 videos done: kill it, mid-way
+            assert first.poll() is None, "the transcode ended before it could be killed"
+            assert time.monotonic() - t0 < 300
+            time.sleep(0.05)
+    finally:
+        kill_session(first)
+    killed_at = len(results_records(out))
+    after_kill = outputs(out)
+    parts_before = set(out.glob(".nlray-prepare/transcode-*/part-*.jsonl"))
+    print(f"\nkilled after {time.monotonic() - t0:.1f}s: {killed_at} logged, {len(after_kill)} outputs")
+    assert killed_at < total and not (out / "manifest.parquet").exists()
+
+    again = subprocess.run(command(out), capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"transcode: {total}/{total} done" in again.stdout
+    assert "from an earlier run" in again.stdout  # the rerun's progress lines count what it skipped
+    parts_after = set(out.glob(".nlray-prepare/transcode-*/part-*.jsonl"))
+    new_parts = {p for p in parts_after - parts_before if not p.name.endswith("-compact.jsonl")}
+    rerun = results_records(out, new_parts)
+    encoded = [r["uri"] for r in rerun if r["action"] == "encoded"]
+    adopted = [r["uri"] for r in rerun if r["action"] == "adopted"]
+    rewritten = [k for k, v in outputs(out).items() if k in after_kill and after_kill[k] != v]
+    print(f"rerun: {len(encoded)} encoded ({len(after_kill)} outputs existed, {len(rewritten)} of them written "
+          f"again), {len(adopted)} kept unlogged outputs, {total - len(rerun)} skipped as logged")
+    assert len(rerun) == total - killed_at  # nothing logged is done again
+    assert len(encoded) <= total - len(after_kill) + RESUME_CONCURRENCY * RESUME_BATCH
+    assert len(rewritten) <= RESUME_CONCURRENCY * RESUME_BATCH  # at most the in-flight ones
+
+    never_killed = tmp_path / "ref"
+    ref = subprocess.run(command(never_killed), capture_output=True, text=True, env=env, timeout=600)
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    assert comparable(out / "manifest.parquet", out) == comparable(never_killed / "manifest.parquet", never_killed)
+    print(f"total {time.monotonic() - t0:.1f}s")

@@ -56,8 +56,10 @@ def scan_dataset(root: str, *, endpoint_url: str = "", allow_outside_root: bool 
     ``allow_outside_root``."""
     storage.check_access(root, endpoint_url=endpoint_url)  # auth / missing bucket: fail now
     if layout_lists.is_list_file(root) and not storage.is_folder(root, endpoint_url=endpoint_url):
-        df, labels, missing, outside = layout_lists.build(root, [], [root], endpoint_url, allow_outside_root)
+        # not listed yet: the list's folder is listed once, there (layout_lists.build)
+        df, labels, missing, outside = layout_lists.build(root, None, [root], endpoint_url, allow_outside_root)
         return _scanned(root, finalise(df, labels), labels, missing, outside)
+    # the one listing of the root: each layout finds its files and which videos exist in it (no request per video)
     listing = storage.list_files(root, suffixes=None, endpoint_url=endpoint_url)
     files = [u for u, _ in listing]
     for layout in LAYOUTS:

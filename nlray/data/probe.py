@@ -84,39 +84,95 @@ def probe_uri(uri: str, *, endpoint_url: str = "", min_frames: int = 1,
 
 
 class ProbeFn:
-    """``map_batches`` callable: fetch and probe each video of a pandas batch (picklable)."""
+    """``map_batches`` callable: fetch and probe each video of a pandas batch (picklable).
+
+    Each row also gets ``node_id``, ``pid``, ``t_start`` and ``t_end`` (epoch seconds): where and when
+    it was probed (the results log keeps them; the manifest does not)."""
 
     def __init__(self, *, endpoint_url: str = "", min_frames: int = 1, limits: Optional[VideoLimits] = None):
+        from nlray.data.prepare_pool import worker_identity
+
         self.endpoint_url = endpoint_url
         self.min_frames = min_frames
         self.limits = VideoLimits() if limits is None else limits
+        self.identity = worker_identity()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        results = [probe_uri(uri, endpoint_url=self.endpoint_url, min_frames=self.min_frames,
-                             limits=self.limits) for uri in batch["uri"]]
-        probed = pd.DataFrame(results, columns=list(PROBE_COLUMNS), index=batch.index)
-        return pd.concat([batch.drop(columns=[c for c in PROBE_COLUMNS if c in batch]), probed],
-                         axis=1)
+        results = []
+        for uri in batch["uri"]:
+            start = time.time()
+            out = probe_uri(uri, endpoint_url=self.endpoint_url, min_frames=self.min_frames, limits=self.limits)
+            results.append({**out, **self.identity, "t_start": start, "t_end": time.time()})
+        probed = pd.DataFrame(results, columns=[*PROBE_COLUMNS, *WHERE_COLUMNS], index=batch.index)
+        return pd.concat([batch.drop(columns=[c for c in (*PROBE_COLUMNS, *WHERE_COLUMNS) if c in batch]),
+                          probed], axis=1)
+
+
+WHERE_COLUMNS = ("node_id", "pid", "t_start", "t_end")
+PROBE_DTYPES = {"status": str, "error": str, "num_frames": "int64", "fps": "float64", "width": "int64",
+                "height": "int64"}
 
 
 def probe_manifest(df: pd.DataFrame, *, endpoint_url: str = "", min_frames: int = 1,
                    concurrency: Optional[int] = None, batch_size: int = 8,
-                   limits: Optional[VideoLimits] = None) -> pd.DataFrame:
+                   limits: Optional[VideoLimits] = None, decode_resource: str = "auto",
+                   results_folder: str = "", progress_interval_s: float = 30.0,
+                   flush_s: float = 5.0) -> pd.DataFrame:
     """The manifest with the probe columns, every video opened once in parallel with Ray Data,
     under ``limits`` (None: ``VideoLimits()``).
+
+    The actors run where ``decode_resource`` says (``prepare_pool.plan_pool``: "auto" asks for
+    ``nlray_decode`` when the cluster has or can add it), 1 to ``concurrency`` of them (None: the
+    cluster's capacity for them). With ``results_folder`` (``<folder of --out>``), results are logged
+    as they arrive below ``<folder>/.nlray-prepare/probe-<options>/``, keyed by URI and size: a rerun
+    probes only what is not there yet. A progress line every ``progress_interval_s``.
 
     Storage errors other than a missing object or a store that failed every retry (auth, a missing
     bucket) stop the job: they concern every video, not one. Row order is kept.
     """
+    from nlray.data import prepare_pool as pp
+    from nlray.raycluster import DECODE_RESOURCE
+
     if df.empty:
         return df.assign(**{c: pd.Series(dtype=object) for c in PROBE_COLUMNS})
-    ds = manifest_blocks(df, batch_size)
-    actors = concurrency or max(1, int(ray.available_resources().get("CPU", 1)))
-    probed = ds.map_batches(ProbeFn, fn_constructor_kwargs={"endpoint_url": endpoint_url,
-                                                            "min_frames": min_frames, "limits": limits},
-                            batch_size=batch_size, batch_format="pandas", num_cpus=1,
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
-    return collect_in_order(probed)
+    limits = VideoLimits() if limits is None else limits
+    keys = ("uri", "size") if "size" in df.columns else ("uri",)
+    log = None
+    done: dict[tuple, dict] = {}
+    if results_folder:
+        options = {"min_frames": min_frames, "limits": dataclasses.asdict(limits), "backend": PROBE_BACKEND}
+        log = pp.ResultsLog(pp.step_folder(results_folder, "probe", options), endpoint_url=endpoint_url,
+                            flush_s=flush_s)
+        wanted = set(zip(*(df[k] for k in keys)))
+        done = {k: r for k, r in pp.latest_by_key(log.load(), keys).items()
+                if k in wanted and r.get("status") not in pp.RETRIED}
+    todo = df[[k not in done for k in zip(*(df[k] for k in keys))]]
+    plan = pp.plan_pool(decode_resource, DECODE_RESOURCE, concurrency or 0)
+    print(plan.line("probe"), flush=True)
+    fresh: list[dict] = []
+
+    def on_block(block: pd.DataFrame) -> None:
+        records = block[[*keys, *PROBE_COLUMNS, *WHERE_COLUMNS]].to_dict("records")
+        fresh.extend(records)
+        if log is not None:
+            log.add(records)
+        progress.add(len(records), sum(r["status"] != "ok" for r in records))
+
+    earlier_failed = sum(r["status"] != "ok" for r in done.values())
+    with pp.Progress("probe", len(df), done=len(df) - len(todo), failed=earlier_failed,
+                     interval_s=progress_interval_s) as progress:
+        try:
+            pp.run_pool(todo, ProbeFn, {"endpoint_url": endpoint_url, "min_frames": min_frames,
+                                        "limits": limits}, plan, batch_size=batch_size, on_block=on_block)
+        finally:
+            if log is not None:
+                log.flush()
+    results = {**done, **pp.latest_by_key(fresh, keys)}
+    rows = [results[k] for k in zip(*(df[k] for k in keys))]
+    probed = pd.DataFrame(rows, columns=list(PROBE_COLUMNS))
+    probed = probed.fillna({"error": "", "fps": 0.0}).astype(PROBE_DTYPES)
+    base = df.drop(columns=[c for c in PROBE_COLUMNS if c in df]).reset_index(drop=True)
+    return pd.concat([base, probed], axis=1)
 
 
 def manifest_blocks(df: pd.DataFrame, batch_size: int) -> Any:

@@ -15,23 +15,29 @@ read), as the decoders and the probe do.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
+import time
 from fractions import Fraction
 from typing import Any, BinaryIO, Iterable, Optional, Union
 
 import numpy as np
 import pandas as pd
-import ray
 
 from nlray.data import storage
 from nlray.data.badvideo import BadVideo, DecodeDeadline, VideoLimits
 from nlray.data.layout_lists import LIST_SUFFIXES
-from nlray.data.probe import collect_in_order, manifest_blocks
+from nlray.data.prepare_pool import worker_identity
 
 DEFAULT_SHORT_SIDE = 256
 DEFAULT_KEYINT = 32
 TRANSCODE_COLUMNS = ("uri", "out_uri", "status", "error", "num_frames", "out_num_frames",
                      "out_width", "out_height", "out_size")
+# also in each result (the results log keeps them; the report CSV does not): encoded / adopted / failed,
+# where and when
+RECORD_COLUMNS = ("action", "node_id", "pid", "t_start", "t_end")
+EXISTING = "_existing_out_size"  # column: size of an output a killed run left, 0 when none
 
 
 def encode_h264(frames: Iterable[Any], dest: Union[str, BinaryIO], *, width: int, height: int,
@@ -170,15 +176,24 @@ class TranscodeFn:
         self.root, self.out_root, self.endpoint_url = root, out_root, endpoint_url
         self.options = {"short_side": short_side, "keyint": keyint, "crf": crf, "preset": preset}
         self.limits = VideoLimits() if limits is None else limits
+        self.identity = worker_identity()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        results = [self._one(uri) for uri in batch["uri"]]
-        return batch.assign(**{c: [r[c] for r in results] for c in TRANSCODE_COLUMNS[1:]})
+        existing = batch[EXISTING] if EXISTING in batch else [0] * len(batch)
+        results = []
+        for uri, size in zip(batch["uri"], existing):
+            start = time.time()
+            results.append({**self._one(uri, int(size)), **self.identity, "t_start": start, "t_end": time.time()})
+        columns = [*TRANSCODE_COLUMNS[1:], *RECORD_COLUMNS]
+        return batch.drop(columns=[EXISTING], errors="ignore").assign(
+            **{c: [r[c] for r in results] for c in columns})
 
-    def _one(self, uri: str) -> dict[str, Any]:
+    def _one(self, uri: str, existing: int = 0) -> dict[str, Any]:
+        """One video: ``existing`` > 0 is the size of an output a killed run of the same command left
+        (written whole, not yet recorded): kept when it checks out (``adopt``), else encoded again."""
         deadline = self.limits.deadline(uri)  # before anything else: the read counts too
         result = {"out_uri": "", "status": "ok", "error": "", "num_frames": 0,
-                  "out_num_frames": 0, "out_width": 0, "out_height": 0, "out_size": 0}
+                  "out_num_frames": 0, "out_width": 0, "out_height": 0, "out_size": 0, "action": "failed"}
         out_uri = self.out_uri(uri)
         if out_uri is None:
             return {**result, "status": "outside_root",
@@ -194,6 +209,10 @@ class TranscodeFn:
             return {**result, "status": "unreachable", "error": exc.cause[:300]}
         if not data:
             return {**result, "status": "empty", "error": "zero bytes"}
+        if existing > 0:
+            kept = self.adopt(data, out_uri, uri)
+            if kept is not None:
+                return {**result, **kept, "out_size": existing, "action": "adopted"}
         try:
             encoded, info = transcode_video(data, **self.options, limits=self.limits, uri=uri,
                                             deadline=deadline)
@@ -204,7 +223,7 @@ class TranscodeFn:
         if info["num_frames"] == 0:
             return {**result, "status": "undecodable", "error": "no frames decoded"}
         storage.write_bytes(out_uri, encoded, endpoint_url=self.endpoint_url)
-        return {**result, **info, "out_size": len(encoded)}
+        return {**result, **info, "out_size": len(encoded), "action": "encoded"}
 
     def out_uri(self, uri: str) -> Optional[str]:
         """Where ``uri``'s copy goes (always .mp4), strictly below ``out_root``; None if ``uri`` is
@@ -218,44 +237,137 @@ class TranscodeFn:
         out_uri = storage.join(self.out_root, f"{head}/{name}" if head else name)
         return out_uri if storage.is_below(out_uri, self.out_root) else None
 
+    def adopt(self, source: bytes, out_uri: str, uri: str) -> Optional[dict[str, Any]]:
+        """What ``transcode_video`` would report for an output already written, if it is one: an H.264
+        .mp4 of the size ``output_size`` gives for the source and as many packets as the source's video
+        stream (±1), both demuxed, nothing decoded. None: not so (encode again)."""
+        try:
+            src = _stream_facts(source, uri, self.limits)
+            out = _stream_facts(storage.read_bytes(out_uri, endpoint_url=self.endpoint_url), out_uri, self.limits)
+        except Exception:  # unreadable, cut, over a limit: encode again
+            return None
+        want = output_size(src["width"], src["height"], self.options["short_side"])
+        if out["codec"] != "h264" or (out["width"], out["height"]) != want or abs(out["packets"] - src["packets"]) > 1:
+            return None
+        return {"num_frames": src["packets"], "out_num_frames": out["packets"], "out_width": out["width"],
+                "out_height": out["height"]}
+
+
+def _stream_facts(data: bytes, uri: str, limits: VideoLimits) -> dict[str, Any]:
+    """Codec, coded size and packet count of a video's stream (demuxed under ``limits``, not decoded)."""
+    from nlray.data.decode_pyav import open_checked
+
+    limits.check_bytes(len(data), uri)
+    container, stream = open_checked(data, limits=limits, uri=uri)
+    with container:
+        packets = 0
+        for packet in container.demux(stream):
+            if packet.size:
+                packets += 1
+                limits.check_packets(packets, uri)
+        return {"codec": stream.codec_context.name, "width": stream.codec_context.width,
+                "height": stream.codec_context.height, "packets": packets}
+
 
 def transcode_dataset(df: pd.DataFrame, *, root: str, out_root: str,
                       short_side: int = DEFAULT_SHORT_SIDE, keyint: int = DEFAULT_KEYINT,
                       crf: int = 23, preset: str = "veryfast", endpoint_url: str = "",
                       concurrency: Optional[int] = None,
-                      limits: Optional[VideoLimits] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Re-encode every video of the manifest below ``out_root`` (Ray Data, CPU actors) and copy
-    ``annotations/`` and list files; returns ``(manifest of the new root, per-video report)``.
+                      limits: Optional[VideoLimits] = None, decode_resource: str = "auto",
+                      progress_interval_s: float = 30.0, flush_s: float = 5.0,
+                      root_listing: Optional[list[tuple[str, int]]] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Re-encode every video of the manifest below ``out_root`` (Ray Data actors, placed and sized by
+    ``prepare_pool.plan_pool``: ``decode_resource``, ``concurrency``) and copy ``annotations/`` and list
+    files; returns ``(manifest of the new root, per-video report)``.
+
+    Resumable: each finished video is logged as results arrive below
+    ``<out_root>/.nlray-prepare/transcode-<options>/`` (keyed by URI and size); a rerun with the same
+    options skips what is logged (its output still there), keeps an output a killed run wrote but had not
+    logged yet once it checks out (``TranscodeFn.adopt``), and encodes the rest. A progress line every
+    ``progress_interval_s``. ``root_listing``: the root's listing if the caller has it (not listed again).
 
     A row not below ``root`` (normalised: ``root/../x.mp4`` is not) is reported ``outside_root``
     and nothing is written for it; ValueError when no row is below ``root``."""
+    from nlray.data import prepare_pool as pp
+    from nlray.raycluster import DECODE_RESOURCE
+
     if df.empty:
         raise ValueError(f"nothing to transcode: the manifest of {root!r} is empty")
     outside = [u for u in df["uri"] if relative_below(u, root) is None]
     if len(outside) == len(df):
         raise ValueError(f"no video of the manifest is below root={root!r} (e.g. {outside[0]!r}); "
                          "transcoding keeps paths relative to the root")
+    limits = VideoLimits() if limits is None else limits
     fn_kwargs = {"root": root, "out_root": out_root, "short_side": short_side, "keyint": keyint,
                  "crf": crf, "preset": preset, "endpoint_url": endpoint_url, "limits": limits}
-    actors = concurrency or max(1, int(ray.available_resources().get("CPU", 1)))
-    done = manifest_blocks(df, batch_size=2).map_batches(
-        TranscodeFn, fn_constructor_kwargs=fn_kwargs, batch_size=2, batch_format="pandas",
-        num_cpus=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
-    report = collect_in_order(done)
-    copy_annotations(root, out_root, endpoint_url=endpoint_url)
-    ok = report[report["status"] == "ok"]
+    options = {k: v for k, v in fn_kwargs.items() if k not in ("endpoint_url", "limits")}
+    options["limits"] = dataclasses.asdict(limits)
+    folder = pp.step_folder(out_root, "transcode", options)
+    marker = storage.join(folder, "options.json")
+    resuming = storage.exists(marker, endpoint_url=endpoint_url)
+    if not resuming:  # before any output: an output found later was written with these options
+        storage.write_bytes(marker, json.dumps(options, sort_keys=True).encode(), endpoint_url=endpoint_url)
+    log = pp.ResultsLog(folder, endpoint_url=endpoint_url, flush_s=flush_s)
+    keys = ("uri", "size")
+    df = df if "size" in df.columns else df.assign(size=-1)
+    outputs = dict(_listing(out_root, endpoint_url)) if resuming else {}
+    wanted = set(zip(df["uri"], df["size"]))
+    done = {k: r for k, r in pp.latest_by_key(log.load(), keys).items()
+            if k in wanted and r.get("status") not in pp.RETRIED
+            and (r.get("status") != "ok" or outputs.get(r.get("out_uri")) == r.get("out_size"))}
+    todo = df[[k not in done for k in zip(df["uri"], df["size"])]]
+    fn = TranscodeFn(**fn_kwargs)
+    todo = todo.assign(**{EXISTING: [outputs.get(fn.out_uri(u) or "", 0) for u in todo["uri"]]})
+    plan = pp.plan_pool(decode_resource, DECODE_RESOURCE, concurrency or 0)
+    print(plan.line("transcode"), flush=True)
+    fresh: list[dict] = []
+
+    def on_block(block: pd.DataFrame) -> None:
+        records = block[[*TRANSCODE_COLUMNS, "size", *RECORD_COLUMNS]].to_dict("records")
+        fresh.extend(records)
+        log.add(records)
+        progress.add(len(records), sum(r["status"] != "ok" for r in records))
+
+    earlier_failed = sum(r["status"] != "ok" for r in done.values())
+    with pp.Progress("transcode", len(df), done=len(df) - len(todo), failed=earlier_failed,
+                     interval_s=progress_interval_s) as progress:
+        try:
+            pp.run_pool(todo, TranscodeFn, fn_kwargs, plan, batch_size=2, on_block=on_block)
+        finally:
+            log.flush()
+    results = {**done, **pp.latest_by_key(fresh, keys)}
+    report = pd.DataFrame([results[k] for k in zip(df["uri"], df["size"])],
+                          columns=[*TRANSCODE_COLUMNS, "action"])
+    report = report.fillna({"error": "", "action": "earlier"}).astype(
+        {c: "int64" for c in ("num_frames", "out_num_frames", "out_width", "out_height", "out_size")})
+    report.index = df.index
+    copy_annotations(root, out_root, endpoint_url=endpoint_url, listing=root_listing)
+    ok = pd.concat([df.drop(columns=[c for c in TRANSCODE_COLUMNS if c in df and c != "uri"]),
+                    report.drop(columns=["uri"])], axis=1)
+    ok = ok[ok["status"] == "ok"]
     new = ok.assign(uri=ok["out_uri"], size=ok["out_size"], num_frames=ok["out_num_frames"],
                     width=ok["out_width"], height=ok["out_height"])
     keep = [c for c in df.columns if c not in ("status", "error")] + ["num_frames", "width",
                                                                        "height"]
     new = new[list(dict.fromkeys(keep))].reset_index(drop=True)
-    return new, report[list(TRANSCODE_COLUMNS)]
+    return new, report[list(TRANSCODE_COLUMNS)].reset_index(drop=True)
 
 
-def copy_annotations(root: str, out_root: str, *, endpoint_url: str = "") -> list[str]:
-    """Copy ``annotations/`` and top-level list/label files of a dataset root; returns them."""
+def _listing(uri: str, endpoint_url: str) -> list[tuple[str, int]]:
+    try:
+        return storage.list_files(uri, suffixes=None, endpoint_url=endpoint_url)
+    except storage.MissingObjectError:
+        return []
+
+
+def copy_annotations(root: str, out_root: str, *, endpoint_url: str = "",
+                     listing: Optional[list[tuple[str, int]]] = None) -> list[str]:
+    """Copy ``annotations/`` and top-level list/label files of a dataset root; returns them.
+    ``listing``: the root's ``storage.list_files(root, suffixes=None)`` if the caller has it already."""
     copied = []
-    for uri, _ in storage.list_files(root, suffixes=None, endpoint_url=endpoint_url):
+    if listing is None:
+        listing = storage.list_files(root, suffixes=None, endpoint_url=endpoint_url)
+    for uri, _ in listing:
         rel = storage.relative_to(uri, root)
         top_level_list = "/" not in rel and (rel.lower().endswith(LIST_SUFFIXES)
                                              or rel in ("labels.json", "classids.json"))

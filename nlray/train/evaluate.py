@@ -3,11 +3,19 @@ actors (GPU or CPU), average softmax per video on the driver.
 
 PAPER.md: 10 clips evenly over the video x 3 spatial crops, shorter side 256; softmax averaged over the views.
 Clip-level numbers score each view alone; video-level numbers score the average. Always say which.
+
+Scoring is spread over a pool of ``actors`` ViewScorer actors (``scorer_pool``): one GPU each on GPUs, else
+``cpus_per_actor`` CPUs each. The validation after training (trainer.validate) sizes it from
+``train.val_actors`` (0: ``train.num_workers``) and gives each CPU scorer what a training worker had
+(``train.cpus_per_worker``): the decoder pool is the same as in training, so the scorers and the decoders fit
+where the training workers and the decoders did. Each scored view carries the process id of its scorer
+(``VideoScores.scorers``: which actors did the work).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -45,7 +53,8 @@ class ViewScorer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             logits = self.model(normalize_on_device(video, dtype=torch.float32))  # (B, K)
         probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
-        return {"video_idx": batch["video_idx"], "label": batch["label"], "probs": probs}
+        scorer = np.full(len(probs), os.getpid(), dtype=np.int64)  # 8 bytes a view: which actor scored it
+        return {"video_idx": batch["video_idx"], "label": batch["label"], "probs": probs, "scorer": scorer}
 
 
 class VideoScores:
@@ -59,8 +68,12 @@ class VideoScores:
         self.views: dict[int, int] = {}
         self.clip_hits = np.zeros(2)  # top-1, top-5 hits over views
         self.clip_count = 0
+        self.scorers: set[int] = set()  # process ids of the actors that scored views
 
-    def add(self, video_idx: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> None:
+    def add(self, video_idx: np.ndarray, labels: np.ndarray, probs: np.ndarray,
+            scorer: Optional[np.ndarray] = None) -> None:
+        if scorer is not None:
+            self.scorers.update(np.unique(scorer).tolist())
         top5 = np.argsort(-probs, axis=1)[:, :5]  # (B, 5)
         self.clip_hits += [(top5[:, 0] == labels).sum(), (top5 == labels[:, None]).any(1).sum()]
         self.clip_count += len(labels)
@@ -92,21 +105,29 @@ class VideoScores:
         return conf
 
 
+def scorer_pool(actors: int, use_gpu: bool, cpus_per_actor: float = 1.0) -> dict:
+    """map_batches arguments of the ViewScorer pool: ``actors`` actors (at least 1), each with one GPU
+    (``use_gpu``; no CPU reserved: the GPU is the scorer's resource) or ``cpus_per_actor`` CPUs."""
+    return {"compute": ray.data.ActorPoolStrategy(size=max(1, int(actors))),
+            "num_gpus": 1 if use_gpu else 0, "num_cpus": 0 if use_gpu else cpus_per_actor}
+
+
 def evaluate(cfg: Config, df: pd.DataFrame, model_state: dict, *, num_clips: Optional[int] = None,
-             num_crops: Optional[int] = None, actors: int = 1, use_gpu: bool = False) -> VideoScores:
-    """Score every view of the validation split; returns the accumulated VideoScores (video-level accuracy
-over every video of the split, and over those that decoded)."""
+             num_crops: Optional[int] = None, actors: int = 1, use_gpu: bool = False,
+             cpus_per_actor: float = 1.0, scorer: type = ViewScorer) -> VideoScores:
+    """Score every view of the validation split on ``actors`` scorer actors (a GPU each with ``use_gpu``,
+else ``cpus_per_actor`` CPUs each); returns the accumulated VideoScores (video-level accuracy over every
+video of the split, and over those that decoded). ``scorer``: the actor class, ViewScorer or a subclass."""
     views = build_eval_dataset(df, cfg.data, run_name=cfg.name, num_clips=num_clips, num_crops=num_crops,
                                resources=raycluster.decoder_resources(cfg))
     state_ref = [ray.put(model_state)]
-    scored = views.map_batches(ViewScorer, fn_constructor_kwargs={
+    scored = views.map_batches(scorer, fn_constructor_kwargs={
         "cfg_yaml": to_yaml(cfg), "state_ref": state_ref, "use_gpu": use_gpu},
-        batch_size=max(1, cfg.data.batch_size), compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1)
+        batch_size=max(1, cfg.data.batch_size), **scorer_pool(actors, use_gpu, cpus_per_actor))
     scores = VideoScores(cfg.model.num_classes, total_videos=len(split_frame(df, cfg.data.val_split)))
     logged = 0
     for batch in scored.iter_batches(batch_size=256, batch_format="numpy"):
-        scores.add(batch["video_idx"], batch["label"], batch["probs"])
+        scores.add(batch["video_idx"], batch["label"], batch["probs"], batch["scorer"])
         logged = log_progress(len(scores.sums), scores.total, logged)
     return scores
 

@@ -228,8 +228,14 @@ def validate(cfg: Config, df, labels: list[str], run: Run, model_state: dict, st
         return {}
     clips = cfg.train.val_num_clips or cfg.data.eval_num_clips
     crops = cfg.train.val_num_crops or cfg.data.eval_num_crops
-    scores = evaluate(cfg, df, model_state, num_clips=clips, num_crops=crops,
-                      use_gpu=cfg.train.use_gpu and raycluster.has_gpus())
+    # Spread over the cluster: one scorer a training worker by default, a GPU each on GPUs, else the CPUs a
+    # training worker had: with the same decoder pool as training, they fit where training did.
+    use_gpu = cfg.train.use_gpu and raycluster.has_gpus()
+    actors = cfg.train.val_actors or cfg.train.num_workers
+    cpus = cfg.train.cpus_per_worker
+    log.info("validation: %d scorer actor(s), %s each", actors, "1 GPU" if use_gpu else f"{cpus:g} CPU")
+    scores = evaluate(cfg, df, model_state, num_clips=clips, num_crops=crops, actors=actors,
+                      use_gpu=use_gpu, cpus_per_actor=cpus)
     metrics = {f"val/{k}": v for k, v in scores.metrics().items()}
     metrics["val/views_per_video"] = clips * crops
     run.log_metrics(metrics, step)
