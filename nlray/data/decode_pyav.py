@@ -63,16 +63,21 @@ def open_checked(data: bytes, *, limits: VideoLimits, uri: str = ""):
     return container, stream
 
 
-def count_packets(container, stream, *, limits: VideoLimits, deadline: DecodeDeadline, uri: str = "") -> int:
-    """Demux ``stream`` to its end without keeping the packets; BadVideo("too_many_packets") past the
-    limit, BadVideo("timeout") past the deadline. The number of packets."""
+def limited_packets(container, stream, *, limits: VideoLimits, deadline: DecodeDeadline, uri: str = ""):
+    """The stream's packets, demuxed one by one (none kept): BadVideo("too_many_packets") past the limit,
+    BadVideo("timeout") past the deadline."""
     count = 0
     for packet in container.demux(stream):
         deadline.check()
         if packet.size:  # not the empty flush packet at the end
             count += 1
             limits.check_packets(count, uri)
-    return count
+        yield packet
+
+
+def count_packets(container, stream, *, limits: VideoLimits, deadline: DecodeDeadline, uri: str = "") -> int:
+    """Demux ``stream`` to its end within the limits (``limited_packets``); the number of packets."""
+    return sum(1 for p in limited_packets(container, stream, limits=limits, deadline=deadline, uri=uri) if p.size)
 
 
 def _timestamp(packet) -> Optional[int]:

@@ -27,6 +27,7 @@ import pandas as pd
 
 from nlray.data import storage
 from nlray.data.badvideo import BadVideo, DecodeDeadline, VideoLimits
+from nlray.data.decode_pyav import limited_packets, open_checked
 from nlray.data.layout_lists import LIST_SUFFIXES
 from nlray.data.prepare_pool import worker_identity
 
@@ -102,7 +103,6 @@ def transcode_video(data: bytes, *, short_side: int = DEFAULT_SHORT_SIDE,
     before any frame is decoded) / ``too_many_packets`` / ``timeout`` (``deadline``, else one from
     now, checked between packets and frames, so encoding counts too).
     """
-    from nlray.data.decode_pyav import open_checked
 
     limits = VideoLimits() if limits is None else limits
     deadline = deadline or limits.deadline(uri)
@@ -125,12 +125,7 @@ def _limited_frames(container: Any, stream: Any, limits: VideoLimits, deadline: 
                     uri: str) -> Iterable[Any]:
     """The stream's frames, demuxed packet by packet (none kept): at most ``limits.max_packets``
     packets, the deadline checked between packets and frames."""
-    packets = 0
-    for packet in container.demux(stream):
-        deadline.check()
-        if packet.size:  # not the empty flush packet at the end
-            packets += 1
-            limits.check_packets(packets, uri)
+    for packet in limited_packets(container, stream, limits=limits, deadline=deadline, uri=uri):
         for frame in packet.decode():
             deadline.check()
             yield frame
@@ -255,7 +250,6 @@ class TranscodeFn:
 
 def _stream_facts(data: bytes, uri: str, limits: VideoLimits) -> dict[str, Any]:
     """Codec, coded size and packet count of a video's stream (demuxed under ``limits``, not decoded)."""
-    from nlray.data.decode_pyav import open_checked
 
     limits.check_bytes(len(data), uri)
     container, stream = open_checked(data, limits=limits, uri=uri)
