@@ -27,7 +27,9 @@ from typing import Any, Callable, Iterable, Optional, TextIO
 
 import numpy as np
 import pandas as pd
+import ray
 
+from nlray import raycluster
 from nlray.data import storage
 
 PREPARE_DIR = ".nlray-prepare"  # hidden: a local listing of the dataset leaves it out
@@ -120,8 +122,6 @@ class PoolPlan:
 def placement(setting: str, name: str, types: Optional[dict[str, dict]] = None) -> dict[str, float]:
     """``raycluster.resource_request`` for preparation: "auto" also asks for ``name`` when the cluster has
     none now but its autoscaler has a node type that carries it (it will add one for the pending actors)."""
-    from nlray import raycluster
-
     request = raycluster.resource_request(setting, name)
     if request or setting != "auto":
         return request
@@ -136,7 +136,6 @@ def plan_pool(setting: str, name: str, concurrency: int = 0) -> PoolPlan:
     ``concurrency`` or, when 0, the cluster's capacity for such actors (``autoscaler_node_types``:
     max_workers x min(CPU, resource) per node type, the nodes that exist now counted where larger),
     else the cluster's CPUs now; at least 1."""
-    import ray
 
     types = autoscaler_node_types()
     resources = placement(setting, name, types)
@@ -165,10 +164,6 @@ def run_pool(df: pd.DataFrame, fn_cls: type, fn_kwargs: dict[str, Any], plan: Po
              batch_size: int, on_block: Callable[[pd.DataFrame], None]) -> None:
     """Run ``fn_cls`` (a ``map_batches`` callable class) over the rows of ``df`` on an actor pool of 1 to
     ``plan.max_size`` actors, handing each result block to ``on_block`` as it arrives."""
-    import ray
-
-    from nlray.data.probe import manifest_blocks
-
     if df.empty:
         return
     ds = manifest_blocks(df, batch_size).map_batches(
@@ -179,12 +174,43 @@ def run_pool(df: pd.DataFrame, fn_cls: type, fn_kwargs: dict[str, Any], plan: Po
         on_block(block.drop(columns=["_row"], errors="ignore"))
 
 
+def manifest_blocks(df: pd.DataFrame, batch_size: int) -> Any:
+    """A Ray Dataset of the manifest in many small blocks, so that actors share the work."""
+    rows = df.reset_index(drop=True).assign(_row=np.arange(len(df)))
+    chunk = max(batch_size, math.ceil(len(rows) / 2000))  # at most ~2000 blocks
+    return ray.data.from_pandas([rows.iloc[i:i + chunk] for i in range(0, len(rows), chunk)])
+
+
+def run_logged(step: str, total: int, todo: pd.DataFrame, done: dict[tuple, dict], fn_cls: type,
+               fn_kwargs: dict[str, Any], plan: PoolPlan, *, columns: list[str], keys: tuple[str, ...],
+               log: Optional["ResultsLog"], batch_size: int, progress_interval_s: float) -> dict[tuple, dict]:
+    """Probe's and transcode's shared run: ``todo`` through the pool, each result block's ``columns`` into
+    ``log`` (when given) and the progress line; returns ``done`` updated with the new results, by ``keys``."""
+    print(plan.line(step), flush=True)
+    fresh: list[dict] = []
+
+    def on_block(block: pd.DataFrame) -> None:
+        records = block[columns].to_dict("records")
+        fresh.extend(records)
+        if log is not None:
+            log.add(records)
+        progress.add(len(records), sum(r["status"] != "ok" for r in records))
+
+    earlier_failed = sum(r["status"] != "ok" for r in done.values())
+    with Progress(step, total, done=total - len(todo), failed=earlier_failed,
+                  interval_s=progress_interval_s) as progress:
+        try:
+            run_pool(todo, fn_cls, fn_kwargs, plan, batch_size=batch_size, on_block=on_block)
+        finally:
+            if log is not None:
+                log.flush()
+    return {**done, **latest_by_key(fresh, keys)}
+
+
 def worker_identity() -> dict[str, Any]:
     """``{node_id, pid}`` of this process (node_id "" outside Ray): recorded with each result."""
     node = ""
     try:
-        import ray
-
         if ray.is_initialized():
             node = ray.get_runtime_context().get_node_id()
     except Exception:

@@ -19,10 +19,11 @@ from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
-import ray
 
 from nlray.choices import BAD_VIDEO_REASONS
+from nlray.data import prepare_pool as pp
 from nlray.data.badvideo import BadVideo, DecodeDeadline, VideoLimits
+from nlray.raycluster import DECODE_RESOURCE
 
 PROBE_STATUSES = ("ok", *BAD_VIDEO_REASONS, "too_short")
 PROBE_COLUMNS = ("status", "error", "num_frames", "fps", "width", "height")
@@ -90,12 +91,10 @@ class ProbeFn:
     it was probed (the results log keeps them; the manifest does not)."""
 
     def __init__(self, *, endpoint_url: str = "", min_frames: int = 1, limits: Optional[VideoLimits] = None):
-        from nlray.data.prepare_pool import worker_identity
-
         self.endpoint_url = endpoint_url
         self.min_frames = min_frames
         self.limits = VideoLimits() if limits is None else limits
-        self.identity = worker_identity()
+        self.identity = pp.worker_identity()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         results = []
@@ -130,9 +129,6 @@ def probe_manifest(df: pd.DataFrame, *, endpoint_url: str = "", min_frames: int 
     Storage errors other than a missing object or a store that failed every retry (auth, a missing
     bucket) stop the job: they concern every video, not one. Row order is kept.
     """
-    from nlray.data import prepare_pool as pp
-    from nlray.raycluster import DECODE_RESOURCE
-
     if df.empty:
         return df.assign(**{c: pd.Series(dtype=object) for c in PROBE_COLUMNS})
     limits = VideoLimits() if limits is None else limits
@@ -148,41 +144,12 @@ def probe_manifest(df: pd.DataFrame, *, endpoint_url: str = "", min_frames: int 
                 if k in wanted and r.get("status") not in pp.RETRIED}
     todo = df[[k not in done for k in zip(*(df[k] for k in keys))]]
     plan = pp.plan_pool(decode_resource, DECODE_RESOURCE, concurrency or 0)
-    print(plan.line("probe"), flush=True)
-    fresh: list[dict] = []
-
-    def on_block(block: pd.DataFrame) -> None:
-        records = block[[*keys, *PROBE_COLUMNS, *WHERE_COLUMNS]].to_dict("records")
-        fresh.extend(records)
-        if log is not None:
-            log.add(records)
-        progress.add(len(records), sum(r["status"] != "ok" for r in records))
-
-    earlier_failed = sum(r["status"] != "ok" for r in done.values())
-    with pp.Progress("probe", len(df), done=len(df) - len(todo), failed=earlier_failed,
-                     interval_s=progress_interval_s) as progress:
-        try:
-            pp.run_pool(todo, ProbeFn, {"endpoint_url": endpoint_url, "min_frames": min_frames,
-                                        "limits": limits}, plan, batch_size=batch_size, on_block=on_block)
-        finally:
-            if log is not None:
-                log.flush()
-    results = {**done, **pp.latest_by_key(fresh, keys)}
+    results = pp.run_logged("probe", len(df), todo, done, ProbeFn, {
+        "endpoint_url": endpoint_url, "min_frames": min_frames, "limits": limits}, plan,
+        columns=[*keys, *PROBE_COLUMNS, *WHERE_COLUMNS], keys=keys, log=log, batch_size=batch_size,
+        progress_interval_s=progress_interval_s)
     rows = [results[k] for k in zip(*(df[k] for k in keys))]
     probed = pd.DataFrame(rows, columns=list(PROBE_COLUMNS))
     probed = probed.fillna({"error": "", "fps": 0.0}).astype(PROBE_DTYPES)
     base = df.drop(columns=[c for c in PROBE_COLUMNS if c in df]).reset_index(drop=True)
     return pd.concat([base, probed], axis=1)
-
-
-def manifest_blocks(df: pd.DataFrame, batch_size: int) -> Any:
-    """A Ray Dataset of the manifest in many small blocks, so that actors share the work."""
-    rows = df.reset_index(drop=True).assign(_row=np.arange(len(df)))
-    chunk = max(batch_size, math.ceil(len(rows) / 2000))  # at most ~2000 blocks
-    return ray.data.from_pandas([rows.iloc[i:i + chunk] for i in range(0, len(rows), chunk)])
-
-
-def collect_in_order(ds: Any) -> pd.DataFrame:
-    """The rows of a ``manifest_blocks`` dataset (after map_batches) back in manifest order."""
-    out = ds.to_pandas()
-    return out.sort_values("_row").drop(columns="_row").reset_index(drop=True)

@@ -25,11 +25,13 @@ from typing import Any, BinaryIO, Iterable, Optional, Union
 import numpy as np
 import pandas as pd
 
+from nlray.data import prepare_pool as pp
 from nlray.data import storage
 from nlray.data.badvideo import BadVideo, DecodeDeadline, VideoLimits
 from nlray.data.decode_pyav import limited_packets, open_checked
 from nlray.data.layout_lists import LIST_SUFFIXES
 from nlray.data.prepare_pool import worker_identity
+from nlray.raycluster import DECODE_RESOURCE
 
 DEFAULT_SHORT_SIDE = 256
 DEFAULT_KEYINT = 32
@@ -282,9 +284,6 @@ def transcode_dataset(df: pd.DataFrame, *, root: str, out_root: str,
 
     A row not below ``root`` (normalised: ``root/../x.mp4`` is not) is reported ``outside_root``
     and nothing is written for it; ValueError when no row is below ``root``."""
-    from nlray.data import prepare_pool as pp
-    from nlray.raycluster import DECODE_RESOURCE
-
     if df.empty:
         raise ValueError(f"nothing to transcode: the manifest of {root!r} is empty")
     outside = [u for u in df["uri"] if relative_below(u, root) is None]
@@ -313,23 +312,9 @@ def transcode_dataset(df: pd.DataFrame, *, root: str, out_root: str,
     fn = TranscodeFn(**fn_kwargs)
     todo = todo.assign(**{EXISTING: [outputs.get(fn.out_uri(u) or "", 0) for u in todo["uri"]]})
     plan = pp.plan_pool(decode_resource, DECODE_RESOURCE, concurrency or 0)
-    print(plan.line("transcode"), flush=True)
-    fresh: list[dict] = []
-
-    def on_block(block: pd.DataFrame) -> None:
-        records = block[[*TRANSCODE_COLUMNS, "size", *RECORD_COLUMNS]].to_dict("records")
-        fresh.extend(records)
-        log.add(records)
-        progress.add(len(records), sum(r["status"] != "ok" for r in records))
-
-    earlier_failed = sum(r["status"] != "ok" for r in done.values())
-    with pp.Progress("transcode", len(df), done=len(df) - len(todo), failed=earlier_failed,
-                     interval_s=progress_interval_s) as progress:
-        try:
-            pp.run_pool(todo, TranscodeFn, fn_kwargs, plan, batch_size=2, on_block=on_block)
-        finally:
-            log.flush()
-    results = {**done, **pp.latest_by_key(fresh, keys)}
+    results = pp.run_logged("transcode", len(df), todo, done, TranscodeFn, fn_kwargs, plan,
+                            columns=[*TRANSCODE_COLUMNS, "size", *RECORD_COLUMNS], keys=keys, log=log,
+                            batch_size=2, progress_interval_s=progress_interval_s)
     report = pd.DataFrame([results[k] for k in zip(df["uri"], df["size"])],
                           columns=[*TRANSCODE_COLUMNS, "action"])
     report = report.fillna({"error": "", "action": "earlier"}).astype(
