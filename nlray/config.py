@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nlray import choices
 from nlray.secrets import move_userinfo_to_env, redact, split_userinfo
-from nlray.uris import parse_uri
+from nlray.uris import is_run_ref, parse_uri
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -319,12 +319,17 @@ def load_config(preset: str = "demo", overrides: Optional[list[str]] = None) -> 
     ``preset`` may be several, comma-separated: each later one an overlay on the ones before
     (``nl_i3d_r50_32f,caffe2``: the preset with the released code's settings).
     """
+    cfg = _merge(_presets(preset), env_layer(), "environment")
+    return _overridden(cfg, overrides or [])
+
+
+def _presets(preset: str):
+    """Defaults <- each comma-separated preset (its base first), as an OmegaConf tree."""
     cfg = OmegaConf.structured(Config)
     for name in preset.split(","):
         for layer in _preset_layers(name.strip()):
             cfg = _merge(cfg, layer, f"preset {name.strip()!r}")
-    cfg = _merge(cfg, env_layer(), "environment")
-    return _overridden(cfg, overrides or [])
+    return cfg
 
 
 def env_layer(environ: Optional[dict] = None) -> dict:
@@ -460,7 +465,7 @@ def _check_uris(cfg: Config) -> None:
     """ConfigError for a storage URI of an unsupported form, and for credentials inside an endpoint URI."""
     uris = {"data.root": cfg.data.root, "train.storage_path": cfg.train.storage_path,
             "data.cache_dir": cfg.data.cache_dir}
-    if cfg.train.init_from and not _is_run_ref(cfg.train.init_from):
+    if cfg.train.init_from and not is_run_ref(cfg.train.init_from):
         uris["train.init_from"] = cfg.train.init_from
     if cfg.model.pretrained not in ("none", "imagenet"):
         uris["model.pretrained"] = cfg.model.pretrained
@@ -475,11 +480,6 @@ def _check_uris(cfg: Config) -> None:
             raise ConfigError(f"{key}={get(cfg, key)!r} holds credentials (user:password@): give them in the "
                               "environment the client reads instead (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
                               "for S3, RAY_AUTH_TOKEN for Ray)")
-
-
-def _is_run_ref(ref: str) -> bool:
-    """An MLflow run id (32 hex digits) or ``runs:/<id>[/path]`` (nlray/train/checkpoint.py reads them)."""
-    return bool(re.fullmatch(r"[0-9a-f]{32}", ref)) or ref.startswith("runs:/")
 
 
 def _check_placement(m: ModelConfig) -> None:
@@ -535,11 +535,7 @@ def from_stored(text: str, overrides: Sequence[str] = (), *, root: Optional[str]
     kept = {"model": saved.get("model", {}), "data": {k: data[k] for k in STORED_DATA_KEYS if k in data}}
     if "name" in saved:
         kept["name"] = saved["name"]
-    cfg = OmegaConf.structured(Config)
-    for name in preset.split(","):
-        for layer in _preset_layers(name.strip()):
-            cfg = _merge(cfg, layer, f"preset {name.strip()!r}")
-    cfg = _merge(cfg, {"model": OmegaConf.structured(ModelConfig)}, "defaults")  # the stored model, whole
+    cfg = _merge(_presets(preset), {"model": OmegaConf.structured(ModelConfig)}, "defaults")  # the stored model, whole
     cfg = _merge(cfg, kept, "saved config")
     cfg = _merge(cfg, env_layer(), "environment")
     obj = _overridden(cfg, list(overrides))

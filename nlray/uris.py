@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import re
 from urllib.parse import unquote, urlparse
 
 from nlray.secrets import redact
@@ -32,3 +33,8 @@ def parse_uri(uri: str) -> tuple[str, str, str]:
     if "://" in uri or uri.lower().startswith(("s3:", "gs:", "http:", "https:")):
         raise ValueError(f"storage URI {redact(uri)!r} has an unsupported scheme; use {URI_FORMS}")
     return "file", "", os.path.abspath(os.path.expanduser(uri))
+
+
+def is_run_ref(ref: str) -> bool:
+    """An MLflow run id (32 hex digits) or ``runs:/<id>[/path]``, as ``train.init_from`` and the jobs take."""
+    return bool(re.fullmatch(r"[0-9a-f]{32}", ref)) or ref.startswith("runs:/")

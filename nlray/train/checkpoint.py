@@ -25,8 +25,8 @@ from nlray.config import Config, ConfigError, to_yaml
 from nlray.data.storage import MissingObjectError, join, pyarrow_filesystem, read_bytes
 from nlray.secrets import redact
 from nlray.tracking import Run
+from nlray.uris import is_run_ref
 
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 STEP_DIR = re.compile(r"^step_(\d{8})(_from\d{8})?$")  # checkpoint folders the loop names: step_<step>[_from<step>]
 
 
@@ -104,10 +104,6 @@ def _load_bytes(data: bytes, what: str) -> dict:
     if not isinstance(state, dict):
         raise ValueError(f"{what} holds a {type(state).__name__}, not a state dict")
     return state
-
-
-def is_run_ref(ref: str) -> bool:
-    return bool(RUN_ID.match(ref)) or ref.startswith("runs:/")
 
 
 def fetch_weights(init_from: str, *, tracking_uri: str, endpoint_url: str = "") -> dict:
