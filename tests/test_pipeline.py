@@ -193,35 +193,55 @@ def test_eval_views_equal_crops_of_decoded_clips(tmp_path):
         np.testing.assert_array_equal(views[c], spatial_crops(clips[c], size=40, num_crops=3))
 
 
-def test_manifest_rows_new_order_each_plan_and_blocks():
-    """The datasource behind the per-epoch shuffle, read without Ray: every row once, in blocks."""
+def test_manifest_rows_new_order_each_plan_one_frame_per_task():
+    """The datasource behind the per-epoch shuffle, read without Ray: every row once, one frame a task."""
     from nlray.data.manifest_rows import ManifestRows
 
     df = pd.DataFrame({"uri": [f"u{i}" for i in range(23)], "label_id": np.arange(23) % 5})
 
     def plan(source, parallelism=4):
-        blocks = [b for task in source.get_read_tasks(parallelism) for b in task()]
-        assert all(1 <= len(b) <= 3 for b in blocks) and len(blocks) >= 23 // 3
-        rows = pd.concat(blocks)
+        frames = [list(task()) for task in source.get_read_tasks(parallelism)]
+        assert all(len(f) == 1 for f in frames)  # one DataFrame per read task
+        sizes = sorted(len(f[0]) for f in frames)
+        assert sizes[-1] <= source.max_rows and sizes[-1] - sizes[0] <= 1 and len(frames) % parallelism == 0
+        rows = pd.concat([f[0] for f in frames])
         assert (rows.uri == "u" + rows.video_idx.astype(str)).all()  # each row keeps its uri and label
         assert (rows.label_id == rows.video_idx % 5).all()
         assert sorted(rows.video_idx) == list(range(23))
         return rows.video_idx.tolist()
 
-    shuffled = ManifestRows(df, block=3, shuffle=True)
+    shuffled = ManifestRows(df, shuffle=True)
     orders = [plan(shuffled) for _ in range(3)]
     assert orders[0] != orders[1] != orders[2]  # a new order per plan (per epoch)
-    seeded = [ManifestRows(df, block=3, shuffle=True, seed=7) for _ in range(2)]
+    seeded = [ManifestRows(df, shuffle=True, seed=7) for _ in range(2)]
     first, second = ([plan(s) for _ in range(2)] for s in seeded)
     assert first == second and first[0] != first[1]  # reproducible sequence, still new each epoch
-    assert plan(ManifestRows(df, block=3, shuffle=False)) == list(range(23))
+    assert plan(ManifestRows(df, shuffle=False)) == list(range(23))
+    assert plan(ManifestRows(df, shuffle=True, max_rows=5)) != list(range(23))  # 8 tasks of <= 5 rows
+
+
+def test_a_read_task_stays_small_and_named_at_kinetics_size():
+    """246,000 rows over a pool of 1 decoder: Ray 2.60 reads ``read_fn.__name__`` of any read task over
+    1 MiB (a functools.partial has none: the crash of a large manifest); here every task is far below."""
+    import ray.cloudpickle as pickle
+
+    from nlray.data.manifest_rows import ManifestRows
+
+    n = 246_000
+    df = pd.DataFrame({"uri": [f"s3://kinetics/train/abseiling/{i:011d}_000010_000020.mp4" for i in range(n)],
+                       "label_id": np.arange(n) % 400})
+    tasks = ManifestRows(df, shuffle=True, seed=0).get_read_tasks(2)
+    sizes = [len(pickle.dumps(t)) for t in tasks]
+    assert max(sizes) < 512 * 1024, max(sizes)
+    assert len(tasks) % 2 == 0  # a multiple of what the pipeline asks: every decoder gets as many blocks
+    assert all(t.read_fn.__name__ == "read_manifest_rows" for t in tasks)
+    assert sum(t.metadata.num_rows for t in tasks) == n
 
 
 @pytest.mark.parametrize("actors, actors_max, blocks", [(2, 0, 4), (2, 8, 16), (1, 0, 2)])
 def test_the_rows_reach_the_decoders_in_twice_as_many_blocks_as_the_pool_has_actors_at_most(
         ray_local, actors, actors_max, blocks):
-    # one block is one decoder task: fewer than the pool's actors would leave some idle; Ray's default
-    # (twice the cluster's CPUs) started a read worker per block every epoch
+    # one block is one decoder task: fewer than the pool's actors would leave some idle
     from nlray.data.pipeline import _rows_dataset
 
     rows = pd.DataFrame({"uri": [f"u{i}" for i in range(64)], "label_id": np.arange(64) % 4})

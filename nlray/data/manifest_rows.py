@@ -1,7 +1,6 @@
 """The Ray Data datasource of the pipeline: manifest rows (uri, label_id, video_idx), shuffled per epoch."""
 from __future__ import annotations
 
-import functools
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -9,14 +8,28 @@ import pandas as pd
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
-__all__ = ["ManifestRows"]
+__all__ = ["ManifestRows", "ReadRows", "MAX_ROWS_PER_TASK"]
+
+# A read task carries its rows (~81 bytes a Kinetics row pickled): 4096 rows are ~340 KiB, under the 1 MiB
+# at which Ray 2.60 inspects a task's function. Fewer, larger tasks cost less: they run one after another
+# (pipeline._rows_dataset), and the whole local Ray ticks while they do.
+MAX_ROWS_PER_TASK = 4096
 
 
-def _rows_block(uris: np.ndarray, labels: np.ndarray, rows: np.ndarray, block: int) -> Iterator[Any]:
-    """A read task's output: its rows as pandas blocks of ``block`` rows."""
-    for i in range(0, len(uris), block):
-        yield pd.DataFrame({"uri": uris[i:i + block], "label_id": labels[i:i + block],
-                            "video_idx": rows[i:i + block]})
+class ReadRows:
+    """A read task's function: its rows as one pandas DataFrame.
+
+    A named, picklable callable (Ray's planner reads ``read_fn.__name__``, which a functools.partial
+    lacks). One frame per task: Ray merges the frames a task yields into one block anyway, and building
+    many small ones cost 18x the CPU of one.
+    """
+    __name__ = "read_manifest_rows"
+
+    def __init__(self, uris: np.ndarray, labels: np.ndarray, rows: np.ndarray):
+        self.uris, self.labels, self.rows = uris, labels, rows  # (n,) str, int64, int64
+
+    def __call__(self) -> Iterator[pd.DataFrame]:
+        yield pd.DataFrame({"uri": self.uris, "label_id": self.labels, "video_idx": self.rows})
 
 
 class ManifestRows(Datasource):
@@ -27,12 +40,19 @@ class ManifestRows(Datasource):
     ``random_shuffle`` runs hash-shuffle tasks/actors that need CPUs of their own, which a decoder
     pool holding every CPU starves (the job hangs), and it is slow for a few small rows. Read tasks
     take 0 CPUs for the same reason. With ``seed`` the sequence of orders is reproducible.
+
+    The rows are split into read tasks (one block each) of at most ``max_rows`` rows, whatever the
+    manifest's size, and of equal size (to a row) in a multiple of ``parallelism`` tasks: the pipeline asks
+    for a multiple of its decoder pool's size, so that every actor gets the same number of blocks and no
+    actor decodes a last block alone while the others wait for the next epoch.
     """
 
-    def __init__(self, rows, *, block: int, shuffle: bool, seed: Optional[int] = None):
+    def __init__(self, rows, *, shuffle: bool, seed: Optional[int] = None, max_rows: int = MAX_ROWS_PER_TASK):
+        if max_rows < 1:
+            raise ValueError(f"max_rows={max_rows} must be >= 1")
         self.uris = rows["uri"].astype(str).to_numpy()
         self.labels = rows["label_id"].astype(np.int64).to_numpy()
-        self.block, self.shuffle, self.seed, self.plans = block, shuffle, seed, 0
+        self.shuffle, self.seed, self.max_rows, self.plans = shuffle, seed, max_rows, 0
 
     def estimate_inmemory_data_size(self) -> int:
         return int(sum(len(u) for u in self.uris) + 16 * len(self.uris))
@@ -45,12 +65,11 @@ class ManifestRows(Datasource):
             entropy = None if self.seed is None else [self.seed, self.plans]
             order = np.random.default_rng(entropy).permutation(n)
         self.plans += 1
-        per_task = max(self.block, -(-n // max(parallelism, 1)))  # whole blocks per read task
-        per_task = -(-per_task // self.block) * self.block
+        p = max(parallelism, 1)
+        count = min(p * -(-n // (p * self.max_rows)) or p, max(n, 1))
         tasks = []
-        for i in range(0, n, per_task):
-            part = order[i:i + per_task]
+        for part in np.array_split(order, count):  # sizes differ by at most one row
             meta = BlockMetadata(num_rows=len(part), size_bytes=None, exec_stats=None, input_files=None)
-            read = functools.partial(_rows_block, self.uris[part], self.labels[part], part, self.block)
+            read = ReadRows(self.uris[part], self.labels[part], part)
             tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
         return tasks

@@ -27,8 +27,9 @@ pass no dtypes (uint8 and int64 stay as they are) or all of them.
 Shuffle: the manifest rows are permuted each time Ray plans the dataset, i.e. at every execution
 (epoch), by the ``ManifestRows`` datasource (see it for why not ``random_shuffle``), so each epoch
 has a new order. With ``data.shuffle_seed`` set, the sequence of orders is reproducible run to run
-and still differs from epoch to epoch. The rows are read by twice as many tasks as the decoder pool has
-actors at most, one block each (``_rows_dataset``), so that every decoder gets work.
+and still differs from epoch to epoch. The rows are read by at least twice as many tasks as the decoder pool has
+actors at most, one block each of at most ``MAX_ROWS_PER_TASK`` rows (``_rows_dataset``), so that every
+decoder gets work at any manifest size.
 Clips are made by the decoder actors of ``nlray.data.clips``; rows come from ``ManifestRows``.
 
 Flip: training clips are mirrored left-right with probability 1/2 when ``data.flip``; a mirrored clip of
@@ -164,13 +165,15 @@ def train_frame(df: pd.DataFrame, split: str, *, repeat: int = 1) -> pd.DataFram
 
 
 def _rows_dataset(rows: pd.DataFrame, data_cfg: Any, *, shuffle: bool, seed: Optional[int] = None):
-    """Dataset of (uri, label_id, video_idx), read by twice as many tasks as the decoder pool can have actors.
+    """Dataset of (uri, label_id, video_idx): at least twice as many read tasks as the decoder pool can have
+    actors, each of at most ``MAX_ROWS_PER_TASK`` rows, run one at a time.
 
-    Each read task's rows reach the pool as one input, so that many keep every actor busy. More tasks buy
-    nothing: Ray's own choice (twice the cluster's CPUs) starts a worker process for each every epoch, ~8 s
-    of the first batch's wait on 2 cores (an actor waits for them to start too)."""
-    source = ManifestRows(rows, block=data_cfg.decode_batch, shuffle=shuffle, seed=seed)
-    return ray.data.read_datasource(source, num_cpus=0, override_num_blocks=2 * _most_actors(data_cfg))
+    Each read task's rows reach the pool as one input, so that many keep every actor busy. Reading rows
+    costs milliseconds a task: run at once, as Ray would, they started a worker process each (~200 MB)
+    every epoch, 35-39 of them for a Kinetics-sized manifest, and ~8 s of the first batch's wait on 2 cores."""
+    source = ManifestRows(rows, shuffle=shuffle, seed=seed)
+    return ray.data.read_datasource(source, num_cpus=0, concurrency=1,
+                                    override_num_blocks=2 * _most_actors(data_cfg))
 
 
 def _most_actors(data_cfg: Any) -> int:
