@@ -20,7 +20,7 @@ import signal
 import tempfile
 from pathlib import Path
 
-from nlray.local_cluster import start_autoscaling_cluster, start_cluster
+from nlray.testing.clusters import start_autoscaling_cluster, start_cluster
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,4 +1,4 @@
-"""Run one of the paper's ablation tables (PAPER.md "Results to compare against") with N seeds per row, as
+"""Run one of the paper's ablation tables (docs/paper.md "Results to compare against") with N seeds per row, as
 Ray Tune trials of the training function, and print the table built from MLflow.
 
     python jobs/ablate.py 2a --base demo --seeds 3                        # laptop: one run at a time
@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
                      for t in TABLES.values())
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=f"tables:\n{rows}\npresets: {', '.join(preset_names())}")
-    p.add_argument("table", choices=list(TABLES), help="PAPER.md's table letter")
+    p.add_argument("table", choices=list(TABLES), help="docs/paper.md's table letter")
     p.add_argument("--base", default="demo", help="base preset (or YAML path, or presets joined by commas) the "
                    "rows are relative to (default demo)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per row: 0..N-1 (default 1)")

@@ -51,7 +51,7 @@ from nlray.data import storage, transcode  # noqa: E402
 from nlray.data.clips import ClipDecoder  # noqa: E402
 from nlray.data.decode import BACKENDS, DEFAULT_BACKEND  # noqa: E402
 from nlray.data.pipeline import build_train_dataset  # noqa: E402
-from nlray.servers import start_moto, stop  # noqa: E402
+from nlray.testing.servers import start_moto, stop  # noqa: E402
 
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 

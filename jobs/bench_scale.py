@@ -199,8 +199,9 @@ def first_batch_s(df: pd.DataFrame, data_cfg: Any) -> float:
 
 def make_videos(folder: Path) -> list[str]:
     from nlray.data.dataset import build_manifest
-    from nlray.data.synthetic import CLASSES as MOTIONS
-    from nlray.data.synthetic import SyntheticSpec, make_dataset
+    from nlray.data.synthetic import make_dataset
+    from nlray.data.synthetic_spec import CLASSES as MOTIONS
+    from nlray.data.synthetic_spec import SyntheticSpec
 
     spec = SyntheticSpec(classes=MOTIONS[:4], per_class=2, val_per_class=0, width_range=(80, 96),
                          duration_range=(2.5, 3.0), seed=1)

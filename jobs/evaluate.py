@@ -1,8 +1,8 @@
-"""Multi-view evaluation (PAPER.md "Inference": 10 clips x 3 crops, shorter side 256, softmax averaged)
+"""Multi-view evaluation (docs/paper.md "Inference": 10 clips x 3 crops, shorter side 256, softmax averaged)
 of a finished run or a checkpoint over the validation split, as a Ray Data batch-inference job.
 
     python jobs/evaluate.py --run <MLflow run id> --data s3://bucket/kinetics400 [--clips 10 --crops 3]
-    python jobs/evaluate.py --checkpoint s3://bucket/results/<name>/checkpoint_.../ --data ...
+    python jobs/evaluate.py --checkpoint s3://bucket/results/<name>/step_00400000/ --data ...
 
 The stored config gives the model and the clips' shape only: the data (--data, NLRAY_DATA), the tracking
 server, the cluster and the decoder pool (--config PRESET and overrides) are yours. Clip-level (one view)

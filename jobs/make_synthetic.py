@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nlray.data.synthetic import (CLASSES, DEMO_SPEC, LONGRANGE_CLASSES, SPECS, make_dataset,  # noqa: E402
-                                  plan_videos)
+from nlray.data.synthetic import make_dataset  # noqa: E402
+from nlray.data.synthetic_spec import CLASSES, DEMO_SPEC, LONGRANGE_CLASSES, SPECS, plan_videos  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

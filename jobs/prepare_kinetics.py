@@ -21,9 +21,9 @@ opened once in parallel (Ray Data) and the manifest gets status / num_frames / f
 data.max_* / data.decode_timeout_s defaults, or --max-video-bytes ... --decode-timeout-s; 0: no
 limit): a video over one gets its reason (too_large, frame_size, too_many_packets, timeout).
 
-On a cluster, --probe and --transcode run on decode nodes: each actor asks for 1 CPU and a unit of
-nlray_decode when the cluster has it or its autoscaler can add a node type that carries it
-(--decode-resource, NLRAY_DECODE_RESOURCE: "auto"; a name; "" for anywhere). The pool starts with one
+On a cluster, --probe and --transcode run on decode nodes: each actor asks for a unit of nlray_decode
+(one per CPU of a decode node) when the cluster has it or its autoscaler can add a node type that carries
+it (--decode-resource, NLRAY_DECODE_RESOURCE: "auto"; a name; "" for 1 CPU anywhere). The pool starts with one
 actor and grows to --concurrency (default: max_workers x slots of the autoscaler's decode node types,
 else the cluster's CPUs now); the actors that do not fit yet make the autoscaler add decode nodes.
 Resume: every finished video is logged as it arrives (JSON lines below OUT_URI/.nlray-prepare/ for

@@ -1,4 +1,4 @@
-"""32-frame training (PAPER.md recipe): init from ImageNet (inflated), a checkpoint, or scratch.
+"""32-frame training (docs/paper.md "Training recipe"): init from ImageNet (inflated), a checkpoint, or scratch.
 
     python jobs/train.py --config nl_i3d_r50_32f --data s3://bucket/kinetics400 --name nl_i3d_r50_32f
     ray job submit --working-dir . -- python jobs/train.py --config nl_i3d_r50_32f --data s3://... --name x

@@ -1,4 +1,4 @@
-"""Long-clip fine-tuning (PAPER.md "Long clips"): 128 consecutive frames, all BN frozen, lr 0.0025 for a
+"""Long-clip fine-tuning (docs/paper.md "Long clips"): 128 consecutive frames, all BN frozen, lr 0.0025 for a
 global batch of 16, initialised from a 32-frame model.
 
     ray job submit --working-dir . -- python jobs/train_longclip.py --config nl_i3d_r50_128f \

@@ -8,8 +8,8 @@ from __future__ import annotations
 ARCHS = ("c2d", "i3d", "i3d3x3x3")  # 1xkxk convs | I3D 3x1x1 (Table 1) | the 3x3 inflated
 STAGE_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}  # ResNet depth -> residual blocks of res2..res5
 DEPTHS = tuple(STAGE_DEPTHS)
-NONLOCAL_BLOCKS = (0, 1, 5, 10)  # the paper's placements (PAPER.md "Placement")
-INSTANTIATIONS = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")  # PAPER.md table
+NONLOCAL_BLOCKS = (0, 1, 5, 10)  # the paper's placements (docs/paper.md "Placement")
+INSTANTIATIONS = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")  # docs/paper.md "Instantiations"
 SOFTMAX_INSTANTIATIONS = ("gaussian", "embedded_gaussian")  # C(x) = sum_j f: a softmax over j
 NL_MODES = ("spacetime", "space", "time")  # Table 2d
 SUBSAMPLE_WHERE = ("after", "before")  # paper: pool phi/g outputs | Caffe2: pool x before them
@@ -18,6 +18,7 @@ TEMPORAL_PADDING = ("zeros", "replicate")
 DECODE_BACKENDS = ("pyav", "decord")
 SYNTHETIC_SETS = ("demo", "tiny", "longrange")  # nlray.data.synthetic SPECS: DEMO_SPEC | TINY_SPEC | long-range relation
 TEST_HEADS = ("pool", "conv")  # average the res5 map then classify | released code's fully convolutional test
+PRETRAINED_NAMES = ("none", "imagenet")  # model.pretrained: no weights | torchvision's; anything else is a path/URI
 # Why a video was dropped (nlray/data/badvideo.py); the last four are the limits of untrusted input
 # (README "Security"): a row outside the dataset root, too many bytes, a frame too large or too thin, a
 # packet flood.

@@ -13,7 +13,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from nlray import tracking
+from nlray import plots, tracking
 from nlray.secrets import redact
 from nlray.tracking import RunRecord
 
@@ -66,7 +66,7 @@ class Comparison:
         settings = self.settings()
         out = []
         for i, r in enumerate(self.records):
-            row = {"run": r.tags.get(tracking.NAME_TAG) or r.name, "id": r.run.id[:8], "status": r.status}
+            row = {"run": _name(r), "id": r.run.id[:8], "status": r.status}
             row.update({k: v[i] for k, v in settings.items()})
             row.update({col: _number(r.metrics.get(key)) for col, key in METRICS.items()})
             out.append(row)
@@ -102,20 +102,13 @@ def compare(uri: str, refs: list[str]) -> Comparison:
 
 def learning_curves_png(records: list[RunRecord], out: Path) -> Path:
     """train/loss and train/clip_top1 against the step, one line a run."""
-    plt = tracking.pyplot()
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 3.6))
-    for ax, key in zip(axes, CURVES):
-        for r in records:
-            hist = r.run.metric_history(key)
-            ax.plot([s for s, _ in hist], [v for _, v in hist],
-                    label=f"{r.tags.get(tracking.NAME_TAG) or r.name} ({r.run.id[:8]})")
-        ax.set_title(key)
-        ax.set_xlabel("step")
-    axes[0].legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    curves = {key: [(f"{_name(r)} ({r.run.id[:8]})", r.run.metric_history(key)) for r in records]
+              for key in CURVES}
+    return plots.compared_curves_png(curves, out)
+
+
+def _name(record: RunRecord) -> str:
+    return record.tags.get(tracking.NAME_TAG) or record.name
 
 
 def _number(value) -> str:

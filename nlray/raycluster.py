@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
+from typing import Optional
 
 import ray
 
+from nlray import progress
 from nlray.config import Config, ConfigError
 from nlray.secrets import redact
-from nlray.servers import free_port
 
 TRAIN_RESOURCE = "nlray_train"  # carried by the GPU (training) node types of cluster/*.yaml
 DECODE_RESOURCE = "nlray_decode"  # carried by the CPU-only decode node types
@@ -21,11 +23,29 @@ REMOTE_TRACKING = ("http://", "https://", "databricks", "postgresql", "mysql", "
 LOCAL_STARTUP_CONCURRENCY = 8
 
 
-def connect(address: str = "", num_cpus: int = 0) -> None:
+_GIVEN: set[int] = set()  # ports handed out by this process: a node's several ports must differ
+
+
+def free_port() -> int:
+    """A free 127.0.0.1 port this process has not handed out before (the OS may give a just-freed one again:
+    a ray start once got the same port for two of its components)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+
+
+def connect(address: str = "", num_cpus: int = 0, progress_interval_s: Optional[float] = None) -> None:
     """Join ``address`` or the cluster ``ray job submit`` names in RAY_ADDRESS, else start a local Ray.
 
-    A no-op when Ray is already initialised (tests, or a job that connected before).
+    Off a terminal, Ray Data's progress comes as one line per ``progress_interval_s`` (``data.
+    progress_interval_s``; None: as set before, else 60 s), not as redrawn bars (``nlray.progress``).
+    Otherwise a no-op when Ray is already initialised (tests, or a job that connected before).
     """
+    progress.for_logs(progress_interval_s)
     if ray.is_initialized():
         return
     if address:

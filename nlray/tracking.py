@@ -7,34 +7,29 @@
     run.end()                                          # FINISHED (or end("FAILED"))
 
 The driver creates or finds the run and logs what it knows (params, config, label map, the dataset as an
-MLflow input, where the run came from, the final model, plots); the rank-0 worker logs step metrics into
-the same run through the handle it was given in ``train_loop_config``. No other module imports mlflow.
+MLflow input, where the run came from, the final model, plots); Ray Train's controller logs the step
+metrics the workers report (nlray.train.reporting) and each node its system metrics, through the handle
+they were given. No other module imports mlflow (the plots are nlray.plots').
 """
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import hashlib
-import io
 import json
 import os
-import platform
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
-import ray
 import torch
 
-import nlray
 from nlray.config import Config, flatten, get, to_yaml
+from nlray.provenance import source_tags, versions
 from nlray.secrets import redact
 
 NAME_TAG = "nlray.name"
@@ -44,14 +39,10 @@ KEY_SETTINGS = {"backbone": "model.arch", "depth": "model.depth", "nonlocal_bloc
                 "frames": "data.frames", "frame_stride": "data.frame_stride"}
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 TEXT_MAX_BYTES = 1 << 20  # files of a logged folder up to this size are read as text and redacted (config.yaml)
-PROJECT_DIR = Path(nlray.__file__).resolve().parents[1]  # a git checkout, or a ray job's unpacked working dir
-# Ray's job supervisor sets this in the driver of a `ray job submit` (ray._private.runtime_env.constants).
-RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 DATASET_CONTEXT = ("mlflow.data.context", "training")  # the input tag that fills the runs table's Dataset column
 # MLflow 3's UI opens an experiment of no kind on its GenAI pages (traces, evaluations); a training
 # experiment opens on the runs table, charts and Compare
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-CONFUSION_TICKS_MAX = 60  # more classes than this: no class names on the confusion plot's axes
 # MLflow prints "View run <name> at: <tracking URI>/#/..." at every run end, into the job's log: off (a URI
 # may once have held a password; the run's page is found from the UI or jobs/compare.py).
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -146,12 +137,11 @@ class Run:
     def log_dataset(self, dataset: "DatasetInfo") -> None:
         """The training set as this run's MLflow input (the runs table's Dataset column)."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
 
         entity = Dataset(name=dataset.name, digest=dataset.digest, source_type=dataset.source_type(),
                          source=json.dumps({"uri": dataset.source}), schema=json.dumps(MANIFEST_SCHEMA),
                          profile=json.dumps(dataset.profile()))
-        from mlflow.exceptions import MlflowException
-
         inputs = [DatasetInput(entity, [InputTag(*DATASET_CONTEXT)])]
         try:
             _client(self.uri).log_inputs(self.id, datasets=inputs)
@@ -278,39 +268,6 @@ def manifest_dataset(df, labels: list[str], *, name: str, source: str) -> Datase
     return DatasetInfo(name, redact(source), digest, videos, len(labels))
 
 
-def source_tags() -> dict[str, str]:
-    """Where a run came from: the entry point, JOB (ray job submit) or LOCAL, git commit, nlray's version."""
-    # __main__'s file is absolute (argv[0] may be relative, and a job's driver leaves its working dir)
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None) or sys.argv[0]
-    tags = {"mlflow.source.name": entry_point(main_file),
-            "mlflow.source.type": "JOB" if os.environ.get(RAY_JOB_ENV) else "LOCAL",
-            "nlray.version": nlray.__version__}
-    commit = git_commit(PROJECT_DIR)
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return tags
-
-
-def entry_point(argv0: str) -> str:
-    """The driver script relative to the project (``jobs/train.py``), or its file name when outside it."""
-    path = Path(argv0).resolve()
-    return path.relative_to(PROJECT_DIR).as_posix() if path.is_relative_to(PROJECT_DIR) else path.name
-
-
-def git_commit(folder: Path) -> str:
-    """HEAD of the git checkout holding ``folder``; "" without one (a ray job's working dir has no .git)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):  # no git, or it hung
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
-
-
-def versions() -> dict[str, str]:
-    return {"version.nlray": nlray.__version__, "version.ray": ray.__version__,
-            "version.torch": torch.__version__, "version.python": platform.python_version()}
-
-
 def find_run(cfg: Config) -> Optional[Run]:
     """The earlier run with this name in this experiment, if any."""
     uri = resolve_uri(cfg.tracking.uri)
@@ -384,84 +341,6 @@ def _redacted_tree(src: Path, tmp: Path) -> Path:
     for rel, text in changed.items():
         (dst / rel).write_bytes(text.encode("utf-8"))
     return dst
-
-
-def learning_curve_png(run: Run, keys: Iterable[str], out: Path) -> Path:
-    """A PNG of metric histories (loss, clip top-1, lr) against the global step."""
-    plt = pyplot()
-    keys = list(keys)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
-    for ax, key in zip(np.atleast_1d(axes), keys):
-        hist = run.metric_history(key)
-        ax.plot([s for s, _ in hist], [v for _, v in hist])
-        ax.set_title(key)
-        ax.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
-
-
-def confusion_png(confusion: np.ndarray, labels: list[str], out: Path) -> Path:
-    """Per-class accuracy bars beside the (row-normalised) confusion matrix: class names on both axes (up to
-    CONFUSION_TICKS_MAX classes), a colour bar for the share of each true class."""
-    plt = pyplot()
-    rows = confusion.sum(1, keepdims=True).clip(min=1)
-    norm = confusion / rows  # (K, K), rows sum to 1
-    k = len(labels)
-    names = labels if k <= CONFUSION_TICKS_MAX else [""] * k
-    fig, (a, b) = plt.subplots(1, 2, figsize=(min(6 + 0.45 * k, 30), min(4 + 0.3 * k, 30)),
-                               gridspec_kw={"width_ratios": [1, 2]})
-    a.barh(range(k), np.diag(norm))
-    a.set_yticks(range(k), names)
-    a.invert_yaxis()  # class 0 on top, as in the matrix beside it
-    a.set_xlim(0, 1)
-    a.set_title("per-class video top-1")
-    image = b.imshow(norm, vmin=0, vmax=1, cmap="viridis")
-    b.set_xticks(range(k), names, rotation=90)
-    b.set_yticks(range(k), names)
-    b.set_xlabel("predicted")
-    b.set_ylabel("true")
-    b.set_title("confusion (share of each true class)")
-    fig.colorbar(image, ax=b, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
-
-
-PER_CLASS_COLUMNS = ("class", "videos", "correct", "top1", "most_confused_with", "share")
-
-
-def per_class_accuracy_csv(confusion: np.ndarray, labels: list[str]) -> str:
-    """One row a class, weakest first: its videos, those right, top-1, the class most often predicted instead
-    and the share of its videos that went there (rows of ``confusion``: true class, columns: predicted)."""
-    if confusion.shape != (len(labels), len(labels)):
-        raise ValueError(f"confusion of shape {confusion.shape} does not match {len(labels)} labels")
-    rows = []
-    for i, name in enumerate(labels):
-        videos, correct = int(confusion[i].sum()), int(confusion[i, i])
-        wrong = confusion[i].copy()
-        wrong[i] = 0  # only the other classes
-        j = int(np.argmax(wrong))
-        confused = (labels[j], f"{wrong[j] / videos:.4f}") if wrong[j] > 0 else ("", "0.0000")
-        top1 = correct / videos if videos else float("nan")
-        rows.append((name, videos, correct, top1, *confused))
-    rows.sort(key=lambda r: (r[1] == 0, r[3] if r[1] else 0.0, r[0]))  # classes without videos last
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(PER_CLASS_COLUMNS)
-    writer.writerows((n, v, c, f"{t:.4f}" if v else "", m, sh) for n, v, c, t, m, sh in rows)
-    return out.getvalue()
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def tmpdir() -> tempfile.TemporaryDirectory:

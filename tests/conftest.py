@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from nlray.servers import BIN, free_port, start, start_moto, stop
+from nlray.testing.servers import BIN, free_port, start, start_moto, stop
 
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1"}
@@ -83,7 +83,8 @@ def s3_data(s3_endpoint):
     """A tiny synthetic Kinetics-like set in the official layout, in a bucket on the moto endpoint."""
     import boto3
 
-    from nlray.data.synthetic import TINY_SPEC, make_dataset
+    from nlray.data.synthetic import make_dataset
+    from nlray.data.synthetic_spec import TINY_SPEC
 
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="train-data")
     make_dataset("s3://train-data/k", TINY_SPEC)

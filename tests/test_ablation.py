@@ -11,8 +11,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from nlray import choices
+from nlray.ablation.report import Report, ReportRow
 from nlray.ablation.runner import make_plan, trials
-from nlray.ablation.runs import Spec
+from nlray.ablation.runs import Spec, SpecRow
 from nlray.ablation.stats import t_interval
 from nlray.ablation.tables import LONG_CLIP, TABLES, placement, row_overrides
 from nlray.config import ConfigError, load_config
@@ -49,6 +50,17 @@ def test_one_seed_reports_the_value_and_n_equals_1():
         t_interval([])
 
 
+# --- the report, without MLflow -------------------------------------------------------------------------
+
+def test_a_row_without_seeds_or_paper_figure_is_a_gap_in_the_table_and_the_chart(tmp_path):
+    rows = [SpecRow("c2d", "C2D", 71.8, "2a R50", []), SpecRow("new", "new row", None, "", [])]
+    spec = Spec("2a", "title", "", "demo", "t", "exp", [0, 1], rows)
+    report = Report("parent", spec, [ReportRow(rows[0], [0.5, 0.6], t_interval([0.5, 0.6])),
+                                     ReportRow(rows[1], [], None)])
+    assert "| new row | — | — | 0 |" in report.markdown() and not report.complete
+    assert report.chart_png(tmp_path / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # --- the tables -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("base", ["demo", *PAPER_PRESETS])
@@ -68,7 +80,7 @@ def test_rows_on_the_paper_layout_use_its_placements_and_on_demo_the_documented_
     one = row_overrides(TABLES["2a"].row("gaussian"), demo)
     assert load_config("demo", one).model.nonlocal_placement == [[4, 0]]
     assert load_config("demo", row_overrides(TABLES["2a"].row("c2d"), demo)).model.nonlocal_placement == []
-    # PAPER.md "Placement" written out: the general rules reproduce the R50 tables
+    # docs/paper.md "Placement" written out: the general rules reproduce the R50 tables
     r50 = list(choices.STAGE_DEPTHS[50])
     assert placement("1", r50) == [[4, 4]]
     assert placement("5", r50) == [[3, 1], [3, 3], [4, 1], [4, 3], [4, 5]]
@@ -88,7 +100,7 @@ def test_paper_figures_follow_the_base_depth():
     assert [(r.paper, r.source) for r in r50.spec.rows] == [
         (71.8, "2a R50"), (73.3, "2f R50"), (73.8, "2c R50"), (74.9, "2f R50")]
     assert [r.paper for r in r101.spec.rows] == [73.1, 74.4, 75.1, 76.0]
-    assert make_plan("2e", "c2d_r50_32f", 1).spec.rows[1].paper is None  # no R50 I3D 3x3x3 in PAPER.md
+    assert make_plan("2e", "c2d_r50_32f", 1).spec.rows[1].paper is None  # no R50 I3D 3x3x3 in docs/paper.md
 
 
 def test_plan_names_seeds_and_tags_every_child():

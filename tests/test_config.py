@@ -1,7 +1,9 @@
 """nlray.config: presets, overrides, validation errors that name the key and the allowed values."""
 import pytest
 
-from nlray.config import ConfigError, flatten, from_yaml, load_config, preset_names, to_yaml
+import nlray.config
+from nlray.config import (Config, ConfigError, check_config, describe, flatten, from_yaml, load_config, preset_names,
+                          to_yaml)
 
 PAPER_PRESETS = ["c2d_r50_32f", "i3d_r50_32f", "i3d3x3x3_r50_32f", "nl_c2d_r50_32f", "nl_i3d_r50_32f",
                  "nl_i3d_r50_128f", "nl_c2d_r50_32f_1block", "nl_c2d_r50_32f_10block", "c2d_r101_32f",
@@ -114,3 +116,22 @@ def test_node_local_paths_are_named_with_their_fix():
 def test_a_decoder_pool_cannot_shrink_below_its_minimum():
     with pytest.raises(ConfigError, match="data.decode_actors_max=2 must be 0"):
         load_config("demo", ["data.decode_actors=4", "data.decode_actors_max=2"])
+
+
+def test_each_setting_is_described_from_its_one_declaration():
+    lines = describe()
+    assert [line.split(":")[0] for line in lines] == list(flatten(Config()))
+    head = next(line for line in lines if line.startswith("model.test_head"))
+    assert head.startswith("model.test_head: str = 'pool'  pool (average")
+    assert head.endswith("[one of ['pool', 'conv']]")
+    assert describe(["train.momentum"]) == ["train.momentum: float = 0.9  SGD momentum [in [0, 1)]"]
+    with pytest.raises(ConfigError, match=r"Allowed: a value of type int, > 0\.$"):
+        load_config("demo", ["data.frames=many"])  # a type error says the range too
+
+
+def test_the_config_check_is_check_config_not_validate():
+    cfg = load_config("demo")
+    cfg.train.momentum = 1.0
+    with pytest.raises(ConfigError, match=r"train.momentum=1.0 must be in \[0, 1\)"):
+        check_config(cfg)
+    assert not hasattr(nlray.config, "validate")  # trainer.validate is the validation split

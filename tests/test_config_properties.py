@@ -2,8 +2,9 @@
 
 Every dotted override or preset file either loads into a Config that survives ``to_yaml``/``from_yaml``
 unchanged, or is refused with a one-line ConfigError that names the key; the command line turns that into
-exit code 2 before Ray is asked for anything. Accepted/refused is checked against the ranges written out
-below (from the config's comments and README), not against config.py's own tables.
+exit code 2 before Ray is asked for anything. The keys, enums and ranges come from each setting's one
+declaration (nlray/config_fields.py), so a new setting or choice is covered as soon as it is declared; what
+"inside a range" means is written out here (``in_range``) and checked against what the config accepts.
 """
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nlray import choices
 from nlray.config import Config, ConfigError, flatten, from_yaml, get, load_config, to_yaml
+from nlray.config_check import CROSS_FIELD_RULES
+from nlray import config_fields
+from nlray.config_fields import Bounds
 
 ROOT = Path(__file__).resolve().parents[1]
 # 40 examples a property keeps the file under a minute on 2 busy cores; NLRAY_HYPOTHESIS_EXAMPLES=1000 digs deeper.
@@ -43,40 +46,32 @@ def field_types() -> dict[str, str]:
 
 
 TYPES = field_types()
-ENUMS = {"model.arch": choices.ARCHS, "model.depth": choices.DEPTHS, "model.nonlocal_blocks": choices.NONLOCAL_BLOCKS,
-         "model.nl_instantiation": choices.INSTANTIATIONS, "model.nl_mode": choices.NL_MODES,
-         "model.nl_subsample_where": choices.SUBSAMPLE_WHERE, "model.pool_variant": choices.POOL_VARIANTS,
-         "model.temporal_padding": choices.TEMPORAL_PADDING, "data.backend": choices.DECODE_BACKENDS,
-         "data.synthetic": choices.SYNTHETIC_SETS}
-# Numeric keys whose allowed range does not depend on another key of the demo preset: key -> (low, low
-# allowed?, high or None, high allowed?). Counts are >= 1, "0 = auto/none" settings >= 0, rates > 0.
-AT_LEAST_1 = ["data.frames", "data.frame_stride", "data.eval_num_clips", "data.eval_num_crops", "data.batch_size",
-              "data.decode_batch", "data.repeat", "model.width", "model.nl_temporal_groups", "train.num_workers",
-              "train.steps", "train.base_batch", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every"]
-AT_LEAST_0 = ["train.warmup_steps", "train.val_num_clips", "train.val_num_crops", "train.seed", "cluster.num_cpus",
-              "model.num_classes", "data.decode_cpus", "train.cpus_per_worker", "train.weight_decay"]
-RANGES = {**{k: (1, True, None, False) for k in AT_LEAST_1}, **{k: (0, True, None, False) for k in AT_LEAST_0},
-          "train.base_lr": (0, False, None, False), "train.lr_gamma": (0, False, None, False),
-          "train.momentum": (0, True, 1, False), "model.dropout": (0, True, 1, False),
-          "train.max_failures": (-1, True, None, False)}  # -1: Ray Train retries forever
+FIELDS = config_fields.settings()  # dotted key -> its dataclass field; .metadata: help, choices, bounds, note, check
+ENUMS = {k: f.metadata["choices"] for k, f in FIELDS.items() if f.metadata.get("choices") is not None}
+# Keys whose allowed values another key narrows (crop_size <= train_short_side[0], ...): their own tests below.
+TIED = {key for keys, _rule in CROSS_FIELD_RULES for key in keys}
+# Numeric keys whose allowed range does not depend on another key: key -> its declared Bounds.
+RANGES = {k: f.metadata["bounds"] for k, f in FIELDS.items()
+          if f.metadata.get("bounds") is not None and TYPES[k] in ("int", "float", "Optional[int]") and k not in TIED}
 
 
 def in_range(key: str, value: float) -> bool:
-    lo, lo_ok, hi, hi_ok = RANGES[key]
+    """``low < value`` (an open bound) or ``low <= value``, and ``value < high`` when there is one."""
+    b: Bounds = RANGES[key]
     if not math.isfinite(value):
         return False
-    above = value > lo or (lo_ok and value == lo)
-    below = hi is None or value < hi or (hi_ok and value == hi)
-    return above and below
+    above = value > b.low or (not b.open and value == b.low)
+    return above and (b.high is None or value < b.high)
 
 
-def outcome(overrides: list[str], key: str) -> Config | None:
-    """The loaded Config (checked to round-trip through YAML), or None after checking the error names ``key``."""
+def outcome(overrides: list[str], key: str | tuple[str, ...]) -> Config | None:
+    """The loaded Config (checked to round-trip through YAML), or None after checking the error names ``key``
+    (one of ``key``)."""
     try:
         cfg = load_config("demo", overrides)
     except ConfigError as e:
         msg = str(e)
-        assert "\n" not in msg and key in msg, msg
+        assert "\n" not in msg and any(k in msg for k in ((key,) if isinstance(key, str) else key)), msg
         return None
     assert from_yaml(to_yaml(cfg)) == cfg
     return cfg
@@ -142,7 +137,7 @@ def test_any_value_of_any_key_loads_and_round_trips_or_is_refused_in_one_line_na
 @SETTINGS
 @given(key=st.sampled_from(sorted(RANGES)), number=st.one_of(INT, FLOAT))
 def test_numbers_are_accepted_exactly_inside_their_documented_range(key, number):
-    if TYPES[key] == "int" and isinstance(number, float):
+    if TYPES[key] in ("int", "Optional[int]") and isinstance(number, float):
         number = int(number) if math.isfinite(number) else number
         if isinstance(number, float):  # inf/nan for an int key: a type error
             assert outcome([f"{key}={number!r}"], key) is None
@@ -200,6 +195,37 @@ def test_a_misspelt_key_is_refused_and_the_keys_allowed_there_are_listed(bad_rea
 def test_train_short_side_is_a_pair_from_the_crop_size_up(lo_hi):
     cfg = outcome([f"data.train_short_side=[{','.join(map(str, lo_hi))}]"], "data.train_short_side")
     assert (cfg is not None) == (len(lo_hi) == 2 and DEMO_CROP <= lo_hi[0] <= lo_hi[1])
+
+
+@SETTINGS
+@given(crop=st.integers(-10, 200), short=st.integers(-10, 200))
+def test_crop_sizes_fit_their_shorter_sides(crop, short):
+    cfg = outcome([f"data.crop_size={crop}"], "data.crop_size")
+    assert (cfg is not None) == (0 < crop <= DEMO_CROP)  # the demo's train_short_side is [64, 80]
+    cfg = outcome([f"data.eval_crop_size={crop}", f"data.eval_short_side={short}"], "data.eval_")
+    assert (cfg is not None) == (0 < crop <= short)
+
+
+@SETTINGS
+@given(actors=st.integers(-2, 12), most=st.integers(-2, 12))
+def test_a_decoder_pool_grows_from_at_least_one_actor_or_stays_fixed(actors, most):
+    cfg = outcome([f"data.decode_actors={actors}", f"data.decode_actors_max={most}"], "data.decode_actors")
+    assert (cfg is not None) == (actors >= 1 and (most == 0 or most >= actors))
+
+
+@SETTINGS
+@given(workers=st.integers(-1, 4), batch=st.integers(-1, 8), global_batch=st.integers(-1, 64))
+def test_a_global_batch_is_a_whole_number_of_worker_batches(workers, batch, global_batch):
+    keys = ("train.num_workers", "data.batch_size", "train.global_batch")
+    cfg = outcome([f"{k}={v}" for k, v in zip(keys, (workers, batch, global_batch))], keys)
+    ok = workers >= 1 and batch >= 1 and global_batch >= 0 and global_batch % (workers * batch) == 0
+    assert (cfg is not None) == ok
+
+
+def test_every_setting_is_declared_with_help_and_every_number_with_its_allowed_values():
+    assert "model.test_head" in ENUMS and set(RANGES) | TIED | set(ENUMS) >= {
+        k for k, t in TYPES.items() if t in ("int", "float", "Optional[int]")}
+    assert set(TIED) <= set(FIELDS) and not [k for k, f in FIELDS.items() if not f.metadata.get("help")]
 
 
 @SETTINGS

@@ -1,4 +1,4 @@
-"""Real multi-node Ray clusters on this machine (nlray.local_cluster): token auth, the Jobs API, placement by
+"""Real multi-node Ray clusters on this machine (nlray.testing.clusters): token auth, the Jobs API, placement by
 the custom resources of cluster/*.yaml (autoscaling on Ray's fake multi-node provider: tests/test_multinode.py).
 
 Each cluster is started by a fixture and stopped by its own session ids, also when a test fails.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nlray.local_cluster import RAY, start_cluster
+from nlray.testing.clusters import RAY, start_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

@@ -1,5 +1,5 @@
 """nlray.models.summary and ``python -m nlray.models``: parameters, multiply-adds (against a count
-written out here from layer shapes) and the non-local positions of PAPER.md."""
+written out here from layer shapes) and the non-local positions of docs/paper.md "Placement"."""
 import json
 import subprocess
 import sys
@@ -56,7 +56,7 @@ def test_multiply_adds_match_a_count_by_hand(preset, overrides):
 
 
 def test_published_sizes():
-    """mmaction2's NL-I3D R50 (35.4 M, 59.3 G) is counted at 32x256x256; PAPER.md's C2D R101: 43.2 M, 34.2 G."""
+    """mmaction2's NL-I3D R50 (35.4 M, 59.3 G) is counted at 32x256x256; docs/paper.md's C2D R101: 43.2 M, 34.2 G."""
     nl_i3d = summarize_config("nl_i3d_r50_32f", ["data.crop_size=256"])
     assert nl_i3d.parameters / 1e6 == pytest.approx(35.4, rel=0.02)
     assert nl_i3d.macs / 1e9 == pytest.approx(59.3, rel=0.02)
@@ -66,7 +66,7 @@ def test_published_sizes():
 
 
 def test_nonlocal_positions_at_128_frames():
-    """PAPER.md: a res3 block of a 128-frame clip pairs 12,544 positions with 3,136 (after subsampling)."""
+    """docs/paper.md: a res3 block of a 128-frame clip pairs 12,544 positions with 3,136 (after subsampling)."""
     s = summarize_config("nl_i3d_r50_128f")
     res3 = [site for site in s.nonlocal_sites if site.name.startswith("res3")]
     assert [(x.sequences, x.n, x.n_prime, x.channels) for x in res3] == [(1, 12544, 3136, 512)] * 2

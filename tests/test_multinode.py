@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from console import assert_console, strict_warnings
-from nlray.local_cluster import RAY, start_autoscaling_cluster, start_cluster
+from nlray.testing.clusters import RAY, start_autoscaling_cluster, start_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "shared"

@@ -15,7 +15,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from nlray.local_cluster import start_cluster
+from nlray.testing.clusters import start_cluster
 from test_multinode import api, cluster_env, start_job, wait_job
 
 pytestmark = pytest.mark.cluster

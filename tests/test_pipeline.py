@@ -263,7 +263,8 @@ def motion_videos(tmp_path_factory):
     """(manifest, labels): square synthetic H.264 videos of the 4 translations (a crop of the short side
     is the whole frame, so the blob is always in view), 3 per class."""
     from nlray.data.dataset import build_manifest
-    from nlray.data.synthetic import CLASSES, SyntheticSpec, make_dataset
+    from nlray.data.synthetic import make_dataset
+    from nlray.data.synthetic_spec import CLASSES, SyntheticSpec
 
     spec = SyntheticSpec(classes=CLASSES[:4], per_class=3, val_per_class=0, width_range=(64, 80),
                          aspects=(1.0,), duration_range=(2.7, 3.0), seed=4)
@@ -346,3 +347,22 @@ def test_unknown_flip_label_fails_on_the_driver_before_any_actor():
         build_train_dataset(df, cfg, run_name="test_unknown_flip", labels=labels)
     with pytest.raises(ValueError, match="needs labels="):
         build_train_dataset(df, DataConfig(**FLIP_CFG, flip_label_map=LEFT_RIGHT), run_name="test_no_labels")
+
+
+def test_decoded_clips_leave_a_decoder_a_batch_at_a_time(ray_local):
+    """Ray Data's default gathers 128 MiB of a task's output before any leaves (5,400 clips of 8x32x32: more
+    than a read task): the training dataset's own blocks are a decode batch, the process's default stays."""
+    from ray.data import DataContext
+
+    from nlray.data.pipeline import MIN_BLOCK_BYTES, build_train_dataset
+
+    default = DataContext.get_current().target_max_block_size
+    cfg = DataConfig(frames=8, crop_size=32, train_short_side=[32, 40], decode_batch=4, decode_actors=1,
+                     decode_actors_max=0, decode_cpus=0.5)
+    rows = pd.DataFrame({"uri": [f"s3://b/v{i}.mp4" for i in range(10_000)], "label_id": 0, "split": "train"})
+    ds = build_train_dataset(rows, cfg, run_name="blocks", seed=0)
+    assert ds.context.target_max_block_size == MIN_BLOCK_BYTES  # 4 clips of 24.6 KB: the floor
+    big = build_train_dataset(rows, DataConfig(frames=32, crop_size=224, decode_batch=8, decode_actors=1,
+                                               decode_actors_max=0), run_name="blocks", seed=0)
+    assert big.context.target_max_block_size == 8 * 32 * 224 * 224 * 3
+    assert DataContext.get_current().target_max_block_size == default

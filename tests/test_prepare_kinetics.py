@@ -217,7 +217,7 @@ def outputs(out_root: Path) -> dict[str, tuple[int, int]]:
 
 def kill_session(proc: subprocess.Popen) -> None:
     """SIGKILL every process of the job's session (the driver, the local Ray it started, its actors)."""
-    from nlray.local_cluster import _session_members
+    from nlray.testing.clusters import _session_members
 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)

@@ -1,4 +1,4 @@
-"""nlray.models.resnet3d / build_model: PAPER.md Table 1 sizes, parameter counts, I3D masks, non-local
+"""nlray.models.resnet3d / build_model: docs/paper.md Table 1 sizes, parameter counts, I3D masks, non-local
 placements, frame-count-free weights, activation checkpointing and frozen BN; the released code's pools,
 inits and fully convolutional test head."""
 import dataclasses
@@ -11,7 +11,7 @@ from nlray.config import ModelConfig, load_config
 from nlray.models import (FrozenBatchNorm3d, NonLocalBlock, ResNet3D, build_model, c2d_resnet,
                           freeze_batchnorm, i3d3x3x3_resnet, i3d_resnet)
 
-# PAPER.md Table 1, R50 on a 32x224x224 clip: (C, T, H, W) after each row.
+# docs/paper.md Table 1, R50 on a 32x224x224 clip: (C, T, H, W) after each row.
 TABLE_1 = {"conv1": (64, 16, 112, 112), "pool1": (64, 8, 56, 56), "layer1": (256, 8, 56, 56),
            "pool2": (256, 4, 56, 56), "layer2": (512, 4, 28, 28), "layer3": (1024, 4, 14, 14),
            "layer4": (2048, 4, 7, 7)}

@@ -1,4 +1,4 @@
-"""Frame samplers: windows, strides, eval spread, looping of short videos (PAPER.md)."""
+"""Frame samplers: windows, strides, eval spread, looping of short videos (docs/paper.md)."""
 import numpy as np
 import pytest
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pyarrow as pa
 import pytest
 
-from nlray.servers import start_moto, stop
+from nlray.testing.servers import start_moto, stop
 from nlray.data import storage
 from nlray.data.storage import s3, s3_client
 from nlray.data.storage import MissingObjectError, StorageError

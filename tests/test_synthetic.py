@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from nlray.data import synthetic
-from nlray.data.synthetic import CLASSES, TINY_SPEC, SyntheticSpec
+from nlray.data.synthetic_spec import CLASSES, TINY_SPEC, SyntheticSpec
 
 HEADER = ["label", "youtube_id", "time_start", "time_end", "split"]
 

@@ -1,5 +1,6 @@
 """nlray.tracking against a real `mlflow server` subprocess and a real sqlite store: one run per name, params,
-metrics, artifacts, the dataset input, source tags, system metrics, the per-class table."""
+metrics, artifacts, the dataset input, source tags (nlray.provenance), system metrics; and nlray.plots' PNGs and
+per-class table."""
 import csv
 import hashlib
 import io
@@ -15,7 +16,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from nlray import tracking
+from nlray import plots, provenance, tracking
 from nlray.config import load_config
 
 
@@ -57,8 +58,8 @@ def test_plots_are_pngs(tmp_path, mlflow_server):
     run, _ = tracking.start_or_resume_run(cfg, ["x", "y"])
     for step, loss in enumerate([2.0, 1.0, 0.5]):
         run.log_metrics({"train/loss": loss}, step)
-    curve = tracking.learning_curve_png(run, ["train/loss"], tmp_path / "c.png")
-    conf = tracking.confusion_png(np.array([[3, 1], [0, 4]]), ["x", "y"], tmp_path / "m.png")
+    curve = plots.learning_curves_png({"train/loss": run.metric_history("train/loss")}, tmp_path / "c.png")
+    conf = plots.per_class_accuracy_png(np.array([[3, 1], [0, 4]]), ["x", "y"], tmp_path / "m.png")
     for png in (curve, conf):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         run.log_png(png)
@@ -121,17 +122,17 @@ def test_the_dataset_digest_follows_videos_labels_and_splits_not_row_order():
 def test_a_new_run_says_where_it_came_from(sqlite_uri, monkeypatch, tmp_path):
     # the driver's script, as Python records it (absolute: a job's driver leaves its relative working dir)
     monkeypatch.setattr(sys.modules["__main__"], "__file__", str(ROOT / "jobs" / "train.py"), raising=False)
-    monkeypatch.setenv(tracking.RAY_JOB_ENV, "{}")  # what Ray's job supervisor sets in a submitted driver
+    monkeypatch.setenv(provenance.RAY_JOB_ENV, "{}")  # what Ray's job supervisor sets in a submitted driver
     run, _ = tracking.start_or_resume_run(sqlite_cfg(sqlite_uri, "track-source"), ["x"])
     tags = MlflowClient(sqlite_uri).get_run(run.id).data.tags
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert tags["mlflow.source.name"] == "jobs/train.py" and tags["mlflow.source.type"] == "JOB"
     assert tags.get("mlflow.source.git.commit", "") == head  # absent where the checkout has no .git
     assert tags["nlray.version"] == "0.1.0"
-    monkeypatch.delenv(tracking.RAY_JOB_ENV)
-    assert tracking.source_tags()["mlflow.source.type"] == "LOCAL"
-    assert tracking.entry_point(str(tmp_path / "driver.py")) == "driver.py"  # outside the project
-    assert tracking.git_commit(tmp_path) == ""  # not a checkout (a ray job's working dir)
+    monkeypatch.delenv(provenance.RAY_JOB_ENV)
+    assert provenance.source_tags()["mlflow.source.type"] == "LOCAL"
+    assert provenance.entry_point(str(tmp_path / "driver.py")) == "driver.py"  # outside the project
+    assert provenance.git_commit(tmp_path) == ""  # not a checkout (a ray job's working dir)
 
 
 def test_system_metrics_land_in_the_run_under_the_node_id(sqlite_uri):
@@ -160,7 +161,7 @@ def test_per_class_table_from_a_hand_made_confusion_matrix():
                           [0, 5, 0, 0],   # y: all right
                           [2, 0, 0, 2],   # "z, w": none right; 2 each to x and to empty: the first, x
                           [0, 0, 0, 0]])  # empty: no videos
-    rows = list(csv.DictReader(io.StringIO(tracking.per_class_accuracy_csv(confusion, ["x", "y", "z, w", "empty"]))))
+    rows = list(csv.DictReader(io.StringIO(plots.per_class_accuracy_csv(confusion, ["x", "y", "z, w", "empty"]))))
     assert [tuple(r.values()) for r in rows] == [
         ("z, w", "4", "0", "0.0000", "x", "0.5000"),  # weakest first
         ("x", "4", "3", "0.7500", "y", "0.2500"),
@@ -168,12 +169,12 @@ def test_per_class_table_from_a_hand_made_confusion_matrix():
         ("empty", "0", "0", "", "", "0.0000")]
     assert list(rows[0]) == ["class", "videos", "correct", "top1", "most_confused_with", "share"]
     with pytest.raises(ValueError, match="3 labels"):
-        tracking.per_class_accuracy_csv(confusion, ["x", "y", "z"])
+        plots.per_class_accuracy_csv(confusion, ["x", "y", "z"])
 
 
-def test_the_confusion_plot_renders_with_class_names_and_past_the_limit_without(tmp_path):
-    small = tracking.confusion_png(np.array([[3, 1], [0, 4]]), ["x", "y"], tmp_path / "s.png")
-    many = tracking.confusion_png(np.eye(61, dtype=int), [f"c{i}" for i in range(61)], tmp_path / "m.png")
+def test_the_per_class_plot_renders_with_class_names_and_past_the_limit_without(tmp_path):
+    small = plots.per_class_accuracy_png(np.array([[3, 1], [0, 4]]), ["x", "y"], tmp_path / "s.png")
+    many = plots.per_class_accuracy_png(np.eye(61, dtype=int), [f"c{i}" for i in range(61)], tmp_path / "m.png")
     for png in (small, many):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -3,6 +3,8 @@ tracking on an `mlflow server` subprocess. One 32-frame-style run is trained, re
 long-clip model and evaluated; every check reads back through MlflowClient or the checkpoints on disk."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -30,7 +32,10 @@ def config(env, preset: str, *extra: str):
 def short_run(env):
     """The 32-frame-style stage: 2 workers, 40 steps."""
     cfg = config(env, "demo", "name=short", "train.steps=40")
-    return cfg, fit(cfg)
+    before = copy.deepcopy(cfg)
+    res = fit(cfg)
+    assert cfg == before  # fit derives its settings on copies: the caller's config is as it was
+    return cfg, res
 
 
 def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:

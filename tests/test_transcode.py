@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from nlray.data import synthetic, transcode
-from nlray.data.synthetic import SyntheticSpec
+from nlray.data.synthetic_spec import SyntheticSpec
 
 
 def source_video(width: int, fps: int = 30, seconds: float = 3.0) -> bytes:

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from nlray.config import ConfigError, apply_overrides, from_stored, from_yaml, load_config, to_yaml
 from nlray.models import build_model
 from nlray.secrets import MASK, redact
-from nlray.servers import BIN, free_port, start, stop
+from nlray.testing.servers import BIN, free_port, start, stop
 from tiny import TINY
 
 REPO = Path(__file__).resolve().parents[1]

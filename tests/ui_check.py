@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from nlray.servers import BIN, free_port, start, stop
+from nlray.testing.servers import BIN, free_port, start, stop
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "chromium"
 

@@ -1,4 +1,4 @@
-"""The paper's ablation tables (PAPER.md Table 2a-2g, and 3) run as Ray Tune trials of fit(), one MLflow
+"""The paper's ablation tables (docs/paper.md Table 2a-2g, and 3) run as Ray Tune trials of fit(), one MLflow
 parent run per table and a child per row and seed, and the table rebuilt from MLflow alone.
 
     tables.py   the tables as data; rows placed on the base preset's layout

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from nlray import tracking
+from nlray import plots, tracking
 from nlray.ablation.runs import METRIC, Spec, SpecRow, finished_children, read_spec
 from nlray.ablation.stats import Interval, t_interval
 from nlray.tracking import Run
@@ -42,7 +42,7 @@ class Report:
         s = self.spec
         lines = [f"### Table {s.table}: {s.title}", "",
                  f"`{s.name}`, base preset `{s.base}`, seeds {s.seeds}; ours: {METRIC} (%), mean ± 95% "
-                 "t-interval over seeds; paper: Kinetics-400 val top-1, 30-view (PAPER.md).", "",
+                 "t-interval over seeds; paper: Kinetics-400 val top-1, 30-view (docs/paper.md).", "",
                  "| row | paper | ours | n |", "|---|---|---|---|"]
         for r in self.rows:
             paper = f"{r.row.paper:.1f} ({r.row.source})" if r.row.paper is not None else "—"
@@ -66,27 +66,16 @@ class Report:
                         " ".join(f"{v * 100:.2f}" for v in r.values)])
         return buf.getvalue()
 
-    def chart(self, out: Path) -> Path:
+    def chart_png(self, out: Path) -> Path:
         """Our mean with its interval per row (left axis); the paper's figure as a marker (right axis)."""
-        plt = tracking.pyplot()
-        labels = [r.row.label for r in self.rows]
-        x = range(len(self.rows))
-        fig, ax = plt.subplots(figsize=(max(4.5, 1.4 * len(self.rows)), 4.0), layout="constrained")
-        means = [r.interval.mean * 100 if r.interval else float("nan") for r in self.rows]
-        errs = [r.interval.half_width * 100 if r.interval and r.interval.half_width is not None else 0.0
-                for r in self.rows]
-        ax.bar(x, means, yerr=errs, capsize=4, color="tab:blue", alpha=0.8, label=f"ours ({METRIC})")
-        ax.set_ylabel(f"ours: {METRIC} (%)")
-        ax.set_xticks(list(x), labels, rotation=20, ha="right")
-        paper = ax.twinx()  # different data, different scale: the paper's figure on its own axis
-        paper.plot(x, [r.row.paper if r.row.paper is not None else float("nan") for r in self.rows],
-                   "D", color="tab:red", label="paper (K400 top-1)")
-        paper.set_ylabel("paper: Kinetics-400 top-1 (%)", color="tab:red")
-        ax.set_title(f"Table {self.spec.table}: {self.spec.title}", fontsize=9)
-        fig.legend(loc="outside lower center", ncol=2, fontsize=7)
-        fig.savefig(out, dpi=90)
-        plt.close(fig)
-        return out
+        nan = float("nan")
+        return plots.ablation_chart_png(
+            out, title=f"Table {self.spec.table}: {self.spec.title}", metric=METRIC,
+            labels=[r.row.label for r in self.rows],
+            ours=[r.interval.mean * 100 if r.interval else nan for r in self.rows],
+            ours_error=[r.interval.half_width * 100 if r.interval and r.interval.half_width is not None else 0.0
+                        for r in self.rows],
+            paper=[r.row.paper if r.row.paper is not None else nan for r in self.rows])
 
 
 def _pct(value: Optional[float], scale: float = 100.0) -> str:
@@ -108,10 +97,4 @@ def log_report(parent: Run, report: Report) -> None:
     parent.log_text(report.markdown(), "table.md")
     parent.log_text(report.csv(), "table.csv")
     with tracking.tmpdir() as tmp:
-        parent.log_png(report.chart(Path(tmp) / "table.png"))
-
-
-def logged_markdown(parent: Run) -> str:
-    """The table.md logged on the parent run."""
-    with tracking.tmpdir() as tmp:
-        return Path(parent.download("table.md", tmp)).read_text()
+        parent.log_png(report.chart_png(Path(tmp) / "table.png"))

@@ -28,8 +28,8 @@ from nlray.ablation.report import Report, build_report, log_report
 from nlray.ablation.runs import Spec, SpecRow, child_name, finished_children, open_parent
 from nlray.ablation.tables import (LAYOUT_NOTE, ROW_KEYS, Row, Table, get_table, is_shrunk, paper_figure,
                                    row_overrides, select_rows)
-from nlray.config import (NAME_PATTERN, Config, ConfigError, apply_overrides, from_yaml, get, load_config,
-                          to_yaml, validate)
+from nlray.config import (NAME_PATTERN, Config, ConfigError, apply_overrides, check_config, from_yaml, get,
+                          load_config, to_yaml)
 from nlray.train import checkpoint
 from nlray.train.trainer import fit, worker_resources
 
@@ -83,7 +83,7 @@ def make_plan(table_name: str, base: str, seeds: int, overrides: Sequence[str] =
             cfg = copy.deepcopy(row_cfg)
             cfg.name, cfg.train.seed = child_name(name, row.name, seed), seed
             cfg.tracking.tags = {"row": row.name, "seed": str(seed), "table": table.name}
-            validate(cfg)
+            check_config(cfg)
             configs[(row.name, seed)] = pin_paths(cfg)
     spec = Spec(table=table.name, title=table.title, notes=" ".join(filter(None, [
                     table.notes, LAYOUT_NOTE if is_shrunk(base_cfg) else ""])),
@@ -192,7 +192,7 @@ def auto_concurrency(cfg: Config) -> int:
 
 def run_trials(plan: Plan, grid: list[dict]) -> list[str]:
     """Run the grid as Tune trials; the errors of failed trials (empty: all finished)."""
-    path, fs = checkpoint.storage(plan.base_cfg)
+    path, fs = checkpoint.ray_train_storage(plan.base_cfg)
     concurrent = plan.max_concurrent or auto_concurrency(plan.base_cfg)
     log.info("ablation %s: %d trial(s), %d at a time", plan.spec.name, len(grid), concurrent)
     tuner = tune.Tuner(
@@ -236,7 +236,8 @@ def run_table(plan: Plan) -> tuple[Report, list[str]]:
     errors = []
     if grid:  # a finished table is reported without joining Ray
         try:
-            raycluster.connect(plan.base_cfg.cluster.address, plan.base_cfg.cluster.num_cpus)
+            raycluster.connect(plan.base_cfg.cluster.address, plan.base_cfg.cluster.num_cpus,
+                               plan.base_cfg.data.progress_interval_s)
             raycluster.require_shared_paths(plan.base_cfg)  # before any trial is scheduled
         except BaseException:
             parent.end("FAILED")

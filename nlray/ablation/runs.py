@@ -20,7 +20,6 @@ from nlray.tracking import Run
 log = logging.getLogger("nlray")
 
 SPEC_FILE = "ablation.json"  # the table's rows, paper figures and seeds, on the parent run
-PARENT_TAGS = ("table", "base", "seeds")  # on the parent; children carry "row" and "seed"
 METRIC = "val/video_top1"
 
 

@@ -1,11 +1,11 @@
-"""The paper's ablation tables as data (PAPER.md "Results to compare against"), torch-free.
+"""The paper's ablation tables as data (docs/paper.md "Results to compare against"), torch-free.
 
 A table is rows; a row is a name, what it changes relative to the base preset, and the paper's figure
 (Kinetics-400 val top-1, 30-view) with the table it comes from. The non-local blocks of a row are named
 symbolically (``"1"``, ``"5"``, ``"res3"`` ...) and placed for the base's layout by ``placement``:
 
 * the paper's layout (no ``model.stage_depths``: ResNet-50/101 as in Table 1): ``model.nonlocal_blocks``
-  1 / 5 / 10 (the placement tables of nlray/models/resnet3d.py);
+  1 / 5 / 10 (the placement tables of nlray/models/resnet_layout.py);
 * a shrunk layout (``model.stage_depths`` set, e.g. demo's [1, 1, 1, 1]), which cannot hold 5 or 10 blocks:
   the same rules applied to its stages, written out as ``model.nonlocal_placement`` (see ``LAYOUT_NOTE``).
 
@@ -67,7 +67,7 @@ class Row:
 
 @dataclass(frozen=True)
 class Table:
-    name: str  # PAPER.md's letter
+    name: str  # docs/paper.md's letter
     title: str
     rows: tuple[Row, ...]
     notes: str = ""
@@ -106,7 +106,7 @@ TABLES: dict[str, Table] = {t.name: t for t in [
         Row("1block", "1-block", C2D + EMB, "1", _p((72.7, "2c R50"), (74.3, "2c R101"))),
         Row("5block", "5-block", C2D + EMB, "5", _p((73.8, "2c R50"), (75.1, "2c R101"))),
         Row("10block", "10-block", C2D + EMB, "10", _p((74.3, "2c R50"), (75.1, "2c R101"))),
-    ), "PAPER.md 2c gives the R50 baseline in 2a (71.8)."),
+    ), "docs/paper.md Table 2c gives the R50 baseline in 2a (71.8)."),
     Table("2d", "Space vs. time vs. spacetime (C2D, 5 blocks)", (
         Row("space", "space-only", C2D + ("model.nl_instantiation=embedded_gaussian", "model.nl_mode=space"),
             "5", _p((72.9, "2d R50"))),
@@ -119,7 +119,7 @@ TABLES: dict[str, Table] = {t.name: t for t in [
         Row("i3d3x3x3", "I3D 3x3x3", ("model.arch=i3d3x3x3",), "0", _p(r101=(74.1, "2e R101"))),
         Row("i3d", "I3D 3x1x1", I3D, "0", _p((73.3, "2f R50"), (74.4, "2e R101"))),
         Row("nl_c2d", "NL C2D, 5-block", C2D + EMB, "5", _p((73.8, "2c R50"), (75.1, "2e R101"))),
-    ), "PAPER.md 2e is R101 only; on an R50 base the figures come from 2a/2c/2f (none for I3D 3x3x3)."),
+    ), "docs/paper.md Table 2e is R101 only; on an R50 base the figures come from 2a/2c/2f (none for I3D 3x3x3)."),
     Table("2f", "Non-local I3D vs. I3D", (
         Row("i3d", "I3D", I3D, "0", _p((73.3, "2f R50"), (74.4, "2f R101"))),
         Row("nl_i3d", "NL I3D", I3D + EMB, "5", _p((74.9, "2f R50"), (76.0, "2f R101"))),
@@ -135,7 +135,7 @@ TABLES: dict[str, Table] = {t.name: t for t in [
                         init_from=f"{name}_32f"))),
         "The 32x2 rows' figures are from 2a/2c/2f. A 128x1 row starts from its 32x2 row's final weights "
         "(train.init_from), BN frozen, with the long-clip recipe of the base's layout (demo: demo_128f)."),
-    Table("3", "C2D / I3D / NL C2D / NL I3D (figures from PAPER.md 2a, 2c, 2e, 2f)", (
+    Table("3", "C2D / I3D / NL C2D / NL I3D (figures from docs/paper.md 2a, 2c, 2e, 2f)", (
         Row("c2d", "C2D", C2D, "0", _p((71.8, "2a R50"), (73.1, "2e R101"))),
         Row("i3d", "I3D", I3D, "0", _p((73.3, "2f R50"), (74.4, "2e R101"))),
         Row("nl_c2d", "NL C2D, 5-block", C2D + EMB, "5", _p((73.8, "2c R50"), (75.1, "2e R101"))),
@@ -146,7 +146,7 @@ TABLES: dict[str, Table] = {t.name: t for t in [
 
 def get_table(name: str) -> Table:
     if name not in TABLES:
-        raise ValueError(f"table {name!r} is not one of {list(TABLES)} (PAPER.md's letters)")
+        raise ValueError(f"table {name!r} is not one of {list(TABLES)} (docs/paper.md's letters)")
     return TABLES[name]
 
 
@@ -181,7 +181,7 @@ def placement(nonlocal_: str, depths: Sequence[int]) -> list[list[int]]:
 
 
 def nonlocal_overrides(nonlocal_: str, base: Config) -> list[str]:
-    """The paper's count on its own layout (resnet3d's tables); written-out positions on any other."""
+    """The paper's count on its own layout (resnet_layout.py); written-out positions on any other."""
     if nonlocal_ in ("0", "1", "5", "10") and not is_shrunk(base):
         return [f"model.nonlocal_blocks={nonlocal_}", "model.nonlocal_placement=null"]
     where = placement(nonlocal_, stage_depths(base))

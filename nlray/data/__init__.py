@@ -28,8 +28,9 @@ from nlray.data.sampling import eval_indices, train_indices, window_size
 from nlray.data.storage import (VIDEO_SUFFIXES, MissingObjectError, StorageError, check_access, delete,
                                 exists, is_s3, join, list_files, local_path, pyarrow_filesystem,
                                 read_bytes, relative_to, resolve_endpoint, size, upload_tree, write_bytes)
-from nlray.data.synthetic import (CLASSES, DEMO_SPEC, TINY_SPEC, SyntheticSpec, ensure_demo_dataset,
-                                  make_dataset, plan_videos, render_video)
+from nlray.data.synthetic import ensure_demo_dataset, make_dataset
+from nlray.data.synthetic_render import render_video
+from nlray.data.synthetic_spec import CLASSES, DEMO_SPEC, TINY_SPEC, SyntheticSpec, plan_videos
 from nlray.data.transcode import (TranscodeFn, copy_annotations, encode_h264, output_size,
                                   transcode_dataset, transcode_video)
 from nlray.data.transforms import Crop, CropError, crop_corners, normalize_on_device, spatial_crops

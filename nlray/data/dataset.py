@@ -20,7 +20,8 @@ import pandas as pd
 
 from nlray.data import layout_kinetics, layout_lists, storage
 from nlray.data.manifest import ManifestError, finalise, read_manifest, write_manifest
-from nlray.data.synthetic import SPECS, ensure_demo_dataset
+from nlray.data.synthetic import ensure_demo_dataset
+from nlray.data.synthetic_spec import SPECS
 from nlray.secrets import redact
 
 LAYOUTS = (layout_kinetics, layout_lists)  # tried in this order; the first that finds files wins

@@ -62,6 +62,7 @@ __all__ = ["BadVideoLog", "build_train_dataset", "build_eval_dataset", "bad_vide
            "flip_labels"]
 
 LOG_PREFIX = "nlray_bad_videos"
+MIN_BLOCK_BYTES = 1 << 20  # decoded blocks no smaller than this (fewer, larger objects for tiny clips)
 _LOG_HANDLES: dict[str, Any] = {}  # a named actor dies with its last handle: the driver keeps one
 
 
@@ -181,6 +182,16 @@ def _most_actors(data_cfg: Any) -> int:
     return max(data_cfg.decode_actors, data_cfg.decode_actors_max)
 
 
+def batch_sized_blocks(ds, rows: int, row_bytes: int):
+    """``ds`` whose decoded clips leave each decoder a batch at a time (``rows`` of ``row_bytes``).
+
+    Ray Data gathers a task's output into blocks of up to 128 MiB before any leaves: 680 demo clips, more
+    than a whole read task of tiny test clips, all decoded before the first training batch. The setting
+    is this dataset's own (its DataContext copy), not the process's."""
+    ds.context.target_max_block_size = max(rows * row_bytes, MIN_BLOCK_BYTES)
+    return ds
+
+
 def decoder_pool(data_cfg: Any, resources: Optional[dict] = None) -> dict[str, Any]:
     """map_batches arguments of the decoder actor pool: between ``data.decode_actors`` and
     ``data.decode_actors_max`` actors (Ray Data grows it when decoding lags, and pending actors make the
@@ -226,7 +237,8 @@ def build_train_dataset(df: pd.DataFrame, data_cfg: Any, *, run_name: str, seed:
                   backend=data_cfg.backend, endpoint_url=data_cfg.s3_endpoint_url,
                   log_name=log_name, seed=seed, flip=data_cfg.flip, flip_labels=mirrored,
                   limits=VideoLimits.from_config(data_cfg))
-    return ds.map_batches(decoder, fn_constructor_kwargs=kwargs, **decoder_pool(data_cfg, resources))
+    clips = ds.map_batches(decoder, fn_constructor_kwargs=kwargs, **decoder_pool(data_cfg, resources))
+    return batch_sized_blocks(clips, data_cfg.decode_batch, data_cfg.frames * data_cfg.crop_size ** 2 * 3)
 
 
 def build_eval_dataset(df: pd.DataFrame, data_cfg: Any, *, run_name: str, split: Optional[str] = None,
@@ -247,5 +259,8 @@ def build_eval_dataset(df: pd.DataFrame, data_cfg: Any, *, run_name: str, split:
         raise ValueError(f"data.eval_crop_size={kwargs['crop_size']} must be <= "
                          f"data.eval_short_side={kwargs['short_side']}")
     rows = split_frame(df, split)
-    return _rows_dataset(rows, data_cfg, shuffle=False).map_batches(
+    views = _rows_dataset(rows, data_cfg, shuffle=False).map_batches(
         EvalClipDecoder, fn_constructor_kwargs=kwargs, **decoder_pool(data_cfg, resources))
+    per_video = kwargs["num_clips"] * kwargs["num_crops"]
+    return batch_sized_blocks(views, data_cfg.decode_batch * per_video,
+                              data_cfg.frames * kwargs["crop_size"] ** 2 * 3)

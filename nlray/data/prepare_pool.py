@@ -1,12 +1,13 @@
 """Running a preparation step (probe, transcode) over the cluster, resumably, with progress lines.
 
-* Placement and size of the actor pool (``plan_pool``): each actor asks for 1 CPU and, like the training
-  decoders, a unit of the decode node type's resource (``nlray_decode``) when the cluster has it now or its
-  autoscaler can add a node type that carries it ("auto"; a name: always that one; "": none). The pool's
-  maximum comes from ``--concurrency``, else from the autoscaler's node types (max_workers x actor slots of
-  each type that carries the resource), else from the CPUs the cluster has now; never from what happens to
-  be free at submit time. The pool starts with one actor and Ray Data grows it: actors that do not fit yet
-  are pending demand, and the autoscaler adds decode nodes for them.
+* Placement and size of the actor pool (``plan_pool``): each actor asks for a unit of the decode node
+  type's resource (``nlray_decode``, one per CPU of a decode node) when the cluster has it now or its
+  autoscaler can add a node type that carries it ("auto"; a name: always that one), else ("": none) for
+  1 CPU. The pool's maximum comes from ``--concurrency``, else from the autoscaler's node types
+  (max_workers x actor slots of each type that carries the resource), else from the CPUs the cluster has
+  now; never from what happens to be free at submit time. The pool starts with one actor and Ray Data
+  grows it: actors that do not fit yet are pending demand, and the autoscaler adds decode nodes for them
+  (``run_pool``: why such an actor asks for no CPU besides).
 * Results log (``ResultsLog``): one JSON object per finished video, appended as results arrive in
   JSON-lines parts below a folder (``<folder>/.nlray-prepare/<step>-<options hash>/part-*.jsonl``; S3 has
   no append), read back on the next run: a rerun of the same command skips what is recorded.
@@ -35,7 +36,7 @@ from nlray.data import storage
 PREPARE_DIR = ".nlray-prepare"  # hidden: a local listing of the dataset leaves it out
 DEFAULT_PROGRESS_INTERVAL_S = 30.0
 DEFAULT_FLUSH_S = 5.0  # results log: a part at most this often (S3 objects are written whole)
-RETRIED = ("unreachable",)  # recorded failures that a rerun tries again (the store, not the video)
+RETRIED = ("unreachable", "timeout")  # failures a rerun tries again: the store, or a node too busy at the time
 
 
 # ------------------------------------------------------------------------------------------ the pool
@@ -163,11 +164,21 @@ def plan_pool(setting: str, name: str, concurrency: int = 0) -> PoolPlan:
 def run_pool(df: pd.DataFrame, fn_cls: type, fn_kwargs: dict[str, Any], plan: PoolPlan, *,
              batch_size: int, on_block: Callable[[pd.DataFrame], None]) -> None:
     """Run ``fn_cls`` (a ``map_batches`` callable class) over the rows of ``df`` on an actor pool of 1 to
-    ``plan.max_size`` actors, handing each result block to ``on_block`` as it arrives."""
+    ``plan.max_size`` actors, handing each result block to ``on_block`` as it arrives.
+
+    An actor placed by a resource (``plan.resources``: a decode slot, one per CPU of a decode node) asks
+    for no CPU besides. With a CPU in its request, Ray Data 2.60 grows the pool only within the CPUs the
+    cluster has now (no actor is left pending for the autoscaler) and asks the autoscaler for more as
+    plain ``{"CPU": 1}`` bundles (``request_resources``: its requests carry CPU, GPU and memory, never
+    custom resources), for which the autoscaler may add any node type with CPUs: seen on
+    cluster/local/autoscaling.yaml, a train node added during a probe (on cluster/aws.yaml a GPU node).
+    Without one, Ray Data requests nothing and grows the pool to ``plan.max_size``; the actors that do
+    not fit are pending on the decode resource, which only decode nodes carry."""
     if df.empty:
         return
     ds = manifest_blocks(df, batch_size).map_batches(
-        fn_cls, fn_constructor_kwargs=fn_kwargs, batch_size=batch_size, batch_format="pandas", num_cpus=1,
+        fn_cls, fn_constructor_kwargs=fn_kwargs, batch_size=batch_size, batch_format="pandas",
+        num_cpus=0 if plan.resources else 1,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.max_size),
         **({"resources": dict(plan.resources)} if plan.resources else {}))
     for block in ds.iter_batches(batch_size=None, batch_format="pandas"):
@@ -175,10 +186,15 @@ def run_pool(df: pd.DataFrame, fn_cls: type, fn_kwargs: dict[str, Any], plan: Po
 
 
 def manifest_blocks(df: pd.DataFrame, batch_size: int) -> Any:
-    """A Ray Dataset of the manifest in many small blocks, so that actors share the work."""
+    """A Ray Dataset of the manifest in many small blocks, so that actors share the work.
+
+    ``from_blocks`` (the blocks and their metadata made here, on the driver), not ``from_pandas``, which
+    runs one metadata task per block: tasks that ask for a plain CPU, which a head with no CPUs lacks, so
+    the autoscaler first adds nodes of whatever type has CPUs (seen on cluster/local/autoscaling.yaml:
+    two train nodes, the GPU nodes of cluster/aws.yaml) and the pool's first actor waits for them."""
     rows = df.reset_index(drop=True).assign(_row=np.arange(len(df)))
     chunk = max(batch_size, math.ceil(len(rows) / 2000))  # at most ~2000 blocks
-    return ray.data.from_pandas([rows.iloc[i:i + chunk] for i in range(0, len(rows), chunk)])
+    return ray.data.from_blocks([rows.iloc[i:i + chunk] for i in range(0, len(rows), chunk)])
 
 
 def run_logged(step: str, total: int, todo: pd.DataFrame, done: dict[tuple, dict], fn_cls: type,

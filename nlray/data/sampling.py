@@ -1,4 +1,4 @@
-"""Which frames a clip takes (PAPER.md "Training recipe", "Long clips", "Inference").
+"""Which frames a clip takes (docs/paper.md "Training recipe", "Long clips", "Inference").
 
 Indices count the video's own decoded frames, in presentation order (the frame count the decoder
 reports). Clips are not resampled to a common fps: the paper samples frames, not seconds, and

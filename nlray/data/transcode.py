@@ -321,15 +321,19 @@ def transcode_dataset(df: pd.DataFrame, *, root: str, out_root: str,
         {c: "int64" for c in ("num_frames", "out_num_frames", "out_width", "out_height", "out_size")})
     report.index = df.index
     copy_annotations(root, out_root, endpoint_url=endpoint_url, listing=root_listing)
+    return _new_manifest(df, report), report[list(TRANSCODE_COLUMNS)].reset_index(drop=True)
+
+
+def _new_manifest(df: pd.DataFrame, report: pd.DataFrame) -> pd.DataFrame:
+    """The new root's manifest: ``df``'s rows whose ``report`` row (same index) is ok, each pointing at its
+    output (uri, size, num_frames, width, height); ``df``'s columns less status and error."""
     ok = pd.concat([df.drop(columns=[c for c in TRANSCODE_COLUMNS if c in df and c != "uri"]),
                     report.drop(columns=["uri"])], axis=1)
     ok = ok[ok["status"] == "ok"]
     new = ok.assign(uri=ok["out_uri"], size=ok["out_size"], num_frames=ok["out_num_frames"],
                     width=ok["out_width"], height=ok["out_height"])
-    keep = [c for c in df.columns if c not in ("status", "error")] + ["num_frames", "width",
-                                                                       "height"]
-    new = new[list(dict.fromkeys(keep))].reset_index(drop=True)
-    return new, report[list(TRANSCODE_COLUMNS)].reset_index(drop=True)
+    keep = [c for c in df.columns if c not in ("status", "error")] + ["num_frames", "width", "height"]
+    return new[list(dict.fromkeys(keep))].reset_index(drop=True)
 
 
 def _listing(uri: str, endpoint_url: str) -> list[tuple[str, int]]:

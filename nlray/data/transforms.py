@@ -1,4 +1,4 @@
-"""Spatial transforms of uint8 clips [T, H, W, C] (PAPER.md "Training recipe", "Inference").
+"""Spatial transforms of uint8 clips [T, H, W, C] (docs/paper.md "Training recipe", "Inference").
 
 Train: shorter side scaled to a random size in ``data.train_short_side``, a random ``crop_size``
 square crop, a horizontal flip with probability 1/2 (``data.flip``). The pipeline's decoder does the

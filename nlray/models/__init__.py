@@ -18,10 +18,11 @@ probabilities averaged over the fully convolutional test's positions: softmax of
 from __future__ import annotations
 
 from nlray.config import ModelConfig
+from nlray.models.frozen_batchnorm import FrozenBatchNorm3d, freeze_batchnorm
 from nlray.models.inflate import InflationReport, inflate_from_2d, inflate_weight, key_2d
 from nlray.models.nonlocal_block import NonLocalBlock, nonlocal_core
-from nlray.models.resnet3d import (BUILDERS, NONLOCAL_PLACEMENTS, FrozenBatchNorm3d, ResNet3D, c2d_resnet,
-                                   freeze_batchnorm, i3d3x3x3_resnet, i3d_resnet)
+from nlray.models.resnet3d import BUILDERS, ResNet3D, c2d_resnet, i3d3x3x3_resnet, i3d_resnet
+from nlray.models.resnet_layout import NONLOCAL_PLACEMENTS
 
 __all__ = ["NonLocalBlock", "nonlocal_core", "ResNet3D", "c2d_resnet", "i3d_resnet", "i3d3x3x3_resnet",
            "BUILDERS", "NONLOCAL_PLACEMENTS", "build_model", "freeze_batchnorm", "FrozenBatchNorm3d",

@@ -1,4 +1,4 @@
-"""ImageNet 2D ResNet -> 3D network (PAPER.md "Inflation"; I3D, Carreira & Zisserman 2017).
+"""ImageNet 2D ResNet -> 3D network (docs/paper.md "Inflation"; I3D, Carreira & Zisserman 2017).
 
 A t×k×k kernel starts as t copies of the 2D k×k kernel, each divided by t, so on a clip whose
 frames are all the same image every temporal conv computes the 2D conv: the inflated network gives

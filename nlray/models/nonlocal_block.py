@@ -1,4 +1,4 @@
-"""The non-local block of Wang et al., CVPR 2018 (PAPER.md "The non-local operation").
+"""The non-local block of Wang et al., CVPR 2018 (docs/paper.md "The non-local operation").
 
     y_i = 1/C(x) · Σ_j f(x_i, x_j) · g(x_j)          z_i = BN(W_z · y_i) + x_i
 
@@ -203,7 +203,7 @@ class NonLocalBlock(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """1×1×1 convs He (PAPER.md) or N(0, init_std) (Caffe2); BN gamma = 0, so the block starts as the identity."""
+        """1×1×1 convs He (docs/paper.md) or N(0, init_std) (Caffe2); BN gamma = 0, so the block starts as the identity."""
         for conv in (self.theta, self.phi, self.g, self.out):
             if conv is None:
                 continue

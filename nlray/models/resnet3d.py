@@ -1,6 +1,6 @@
-"""C2D and I3D ResNet-50/101 with non-local blocks (Wang et al., CVPR 2018, PAPER.md Table 1).
+"""C2D and I3D ResNet-50/101 with non-local blocks (Wang et al., CVPR 2018, docs/paper.md Table 1).
 
-One generic ``ResNet3D``; the architectures are data (the tables below) and short builders
+One generic ``ResNet3D``; the architectures are data (the tables in ``resnet_layout``) and short builders
 (``c2d_resnet``, ``i3d_resnet``, ``i3d3x3x3_resnet``). Module names follow torchvision's ResNet
 (conv1, bn1, layer1..layer4, fc; a stage's residual blocks in ``layerK.blocks``, its non-local
 blocks in ``layerK.nl_blocks``), so ImageNet weights map over one to one (``inflate.py``).
@@ -22,44 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from nlray.choices import (POOL_VARIANTS, STAGE_DEPTHS, TEMPORAL_PADDING, TEST_HEADS, check_choice,
-                           check_stage_depths)
+from nlray.choices import POOL_VARIANTS, TEMPORAL_PADDING, TEST_HEADS, check_choice
 from nlray.models.nonlocal_block import NonLocalBlock
-
-STAGES = (2, 3, 4, 5)  # res2..res5
-EXPANSION = 4  # bottleneck output = 4 x its inner width
-STAGE_WIDTH = (1, 2, 4, 8)  # inner width of res2..res5 in units of `width` (64: 64, 128, 256, 512)
-
-# I3D temporal-kernel masks: 1 = this block's temporal conv is 3 frames wide. Each stage's pattern is
-# repeated to its depth, which gives Caffe2's R50 masks exactly and alternates in R101's 23-block res4.
-I3D_TEMPORAL_PATTERN = {
-    2: (1,),  # res2: (1, 1, 1)
-    3: (1, 0),  # res3: (1, 0, 1, 0)
-    4: (1, 0),  # res4: (1, 0, 1, 0, 1, 0); R101: 1, 0, ... 1 (12 of 23)
-    5: (0, 1),  # res5: (0, 1, 0)
-}
-
-# Non-local placements: (stage, index of the residual block it follows), 0-based (PAPER.md "Placement").
-NONLOCAL_PLACEMENTS = {
-    (50, 1): ((4, 4),),  # just before the last residual block of res4
-    (50, 5): ((3, 1), (3, 3), (4, 1), (4, 3), (4, 5)),  # every other block of res3 (2) and res4 (3)
-    (50, 10): tuple((3, i) for i in range(4)) + tuple((4, i) for i in range(6)),  # every res3/res4 block
-    (101, 1): ((4, 21),),  # just before the last residual block of res4
-    (101, 5): ((3, 1), (3, 3), (4, 6), (4, 13), (4, 20)),  # Caffe2: res4 every 7th block
-    # Not given in PAPER.md ("the corresponding residual blocks"): every res3 block as in R50, and six
-    # res4 blocks spread every 4th so that, as in R50's 10, the last one follows res4's last block.
-    (101, 10): tuple((3, i) for i in range(4)) + ((4, 2), (4, 6), (4, 10), (4, 14), (4, 18), (4, 22)),
-}
-
-# Max pools after conv1 and after res2: (kernel, stride, padding) as (t, h, w).
-POOLS = {
-    "paper": (((3, 3, 3), (2, 2, 2), (1, 1, 1)), ((3, 1, 1), (2, 1, 1), (1, 0, 0))),  # Table 1
-    # released code (resnet_video_org.py): no padding anywhere, so pool1 is 112 -> 55 (res2 55×55)
-    "caffe2": (((2, 3, 3), (2, 2, 2), (0, 0, 0)), ((2, 1, 1), (2, 1, 1), (0, 0, 0))),
-}
-
-# The released code's test head: pool5 averages T_res5 × 7 × 7 with stride 1 (res5 is 7×7 at a 224 crop).
-HEAD_WINDOW = 7
+from nlray.models.resnet_layout import (EXPANSION, HEAD_WINDOW, POOLS, STAGE_WIDTH, STAGES, check_placement,
+                                        nonlocal_placement, stage_depths_for, temporal_kernels)
 
 
 class ReplicateTimeConv3d(nn.Conv3d):
@@ -160,7 +126,7 @@ class ResStage(nn.Module):
 
 
 class ResNet3D(nn.Module):
-    """A bottleneck ResNet on clips [B, 3, T, H, W] -> logits [B, num_classes] (PAPER.md Table 1).
+    """A bottleneck ResNet on clips [B, 3, T, H, W] -> logits [B, num_classes] (docs/paper.md Table 1).
 
     ``temporal_kernels[s][b]`` = (first, middle) temporal kernel of block b of stage res(s+2): its
     lengths are the stage depths. ``nonlocal_placement`` lists (stage 2..5, block index) pairs; each
@@ -291,65 +257,19 @@ def _make_stage(in_ch: int, inner: int, kernels: Sequence[tuple[int, int]], *, s
     return ResStage(blocks, nl)
 
 
-def check_placement(placement: Sequence[Sequence[int]], depths: Sequence[int]) -> list[tuple[int, int]]:
-    """[(stage, block)] validated against the stage depths; ValueError names the bad pair."""
-    out = []
-    for pair in placement:
-        if len(pair) != 2:
-            raise ValueError(f"non-local placement {list(pair)!r} must be [stage, block]")
-        stage, block = int(pair[0]), int(pair[1])
-        if stage not in STAGES:
-            raise ValueError(f"non-local placement {[stage, block]}: stage {stage} is not one of {list(STAGES)}")
-        if not 0 <= block < depths[stage - 2]:
-            raise ValueError(f"non-local placement {[stage, block]}: res{stage} has blocks "
-                             f"0..{depths[stage - 2] - 1}")
-        out.append((stage, block))
-    if len(set(out)) != len(out):
-        raise ValueError(f"non-local placement {[list(p) for p in placement]} repeats a position")
-    return out
-
-
-def nonlocal_placement(depth: int, blocks: int) -> tuple[tuple[int, int], ...]:
-    """The paper's placement of 0 / 1 / 5 / 10 non-local blocks in ResNet-``depth``."""
-    if blocks == 0:
-        return ()
-    if (depth, blocks) not in NONLOCAL_PLACEMENTS:
-        raise ValueError(f"no placement table for {blocks} non-local blocks in ResNet-{depth}; tables: "
-                         f"{sorted(NONLOCAL_PLACEMENTS)} (or give an explicit [[stage, block], ...])")
-    return NONLOCAL_PLACEMENTS[(depth, blocks)]
-
-
-def stage_depths_for(depth: int, stage_depths: Optional[Sequence[int]] = None) -> tuple[int, ...]:
-    """The depth table's stages, or an explicit override of four depths."""
-    if stage_depths is not None:
-        check_stage_depths(stage_depths)
-        return tuple(stage_depths)
-    check_choice("depth", depth, tuple(STAGE_DEPTHS))
-    return STAGE_DEPTHS[depth]
-
-
-def i3d_masks(depths: Sequence[int]) -> list[tuple[int, ...]]:
-    """Per stage, 1 where a block gets a 3-frame kernel (I3D_TEMPORAL_PATTERN repeated to the depth)."""
-    return [tuple(I3D_TEMPORAL_PATTERN[st][i % len(I3D_TEMPORAL_PATTERN[st])] for i in range(d))
-            for st, d in zip(STAGES, depths)]
-
-
 def _build(*, conv1_t: int, inflate: Optional[int], depth: int, stage_depths: Optional[Sequence[int]],
            nonlocal_blocks: int, nonlocal_placement_: Optional[Sequence[Sequence[int]]],
            **kwargs: Any) -> ResNet3D:
-    depths = stage_depths_for(depth, stage_depths)
-    masks = i3d_masks(depths)
-    # (first, middle) temporal kernels: 3 on the conv `inflate` names (0 first, 1 middle) where masked
-    kernels = [[tuple(3 if inflate == pos and m else 1 for pos in (0, 1)) for m in stage] for stage in masks]
+    kernels = temporal_kernels(stage_depths_for(depth, stage_depths), inflate)
     placement = nonlocal_placement_ if nonlocal_placement_ is not None else nonlocal_placement(depth, nonlocal_blocks)
     return ResNet3D(temporal_kernels=kernels, conv1_t=conv1_t, nonlocal_placement=placement, **kwargs)
 
 
 def c2d_resnet(*, depth: int = 50, stage_depths: Optional[Sequence[int]] = None, nonlocal_blocks: int = 0,
                nonlocal_placement: Optional[Sequence[Sequence[int]]] = None, **kwargs: Any) -> ResNet3D:
-    """C2D ResNet (Wang et al. 2018, Table 1): every conv 1×k×k (conv1 1×7×7); only pooling mixes time.
+    """C2D ResNet (docs/paper.md "C2D"): every conv 1×k×k (conv1 1×7×7); only pooling mixes time.
 
-    ``nonlocal_blocks`` 1 / 5 / 10 places them as the paper does (NONLOCAL_PLACEMENTS), or
+    ``nonlocal_blocks`` 1 / 5 / 10 places them as the paper does (``resnet_layout.NONLOCAL_PLACEMENTS``), or
     ``nonlocal_placement`` lists [stage, block] pairs. Other keywords go to ``ResNet3D``.
     """
     return _build(conv1_t=1, inflate=None, depth=depth, stage_depths=stage_depths,
@@ -358,7 +278,7 @@ def c2d_resnet(*, depth: int = 50, stage_depths: Optional[Sequence[int]] = None,
 
 def i3d_resnet(*, depth: int = 50, stage_depths: Optional[Sequence[int]] = None, nonlocal_blocks: int = 0,
                nonlocal_placement: Optional[Sequence[Sequence[int]]] = None, **kwargs: Any) -> ResNet3D:
-    """I3D₃ₓ₁ₓ₁ ResNet (Wang et al. 2018, Table 1 / Sec. 4): conv1 5×7×7; a bottleneck's first 1×1
+    """I3D₃ₓ₁ₓ₁ ResNet (docs/paper.md "I3D"): conv1 5×7×7; a bottleneck's first 1×1
     becomes 3×1×1 where the I3D mask says so (every other block, Caffe2's masks). Keywords as c2d_resnet.
     """
     return _build(conv1_t=5, inflate=0, depth=depth, stage_depths=stage_depths,
@@ -367,7 +287,7 @@ def i3d_resnet(*, depth: int = 50, stage_depths: Optional[Sequence[int]] = None,
 
 def i3d3x3x3_resnet(*, depth: int = 50, stage_depths: Optional[Sequence[int]] = None, nonlocal_blocks: int = 0,
                     nonlocal_placement: Optional[Sequence[Sequence[int]]] = None, **kwargs: Any) -> ResNet3D:
-    """I3D₃ₓ₃ₓ₃ ResNet (Wang et al. 2018, Table 2e): as i3d_resnet but the masked blocks inflate the
+    """I3D₃ₓ₃ₓ₃ ResNet (docs/paper.md "I3D", "Table 2e"): as i3d_resnet but the masked blocks inflate the
     3×3 to 3×3×3 instead of the first 1×1 (about 1.8x the FLOPs of C2D). Keywords as c2d_resnet.
     """
     return _build(conv1_t=5, inflate=1, depth=depth, stage_depths=stage_depths,
@@ -375,47 +295,3 @@ def i3d3x3x3_resnet(*, depth: int = 50, stage_depths: Optional[Sequence[int]] = 
 
 
 BUILDERS = {"c2d": c2d_resnet, "i3d": i3d_resnet, "i3d3x3x3": i3d3x3x3_resnet}
-
-
-class FrozenBatchNorm3d(nn.Module):
-    """BatchNorm3d as a fixed affine map from its statistics: buffers only, nothing to train.
-
-    Its state dict has BatchNorm3d's keys, so checkpoints load into either form.
-    """
-
-    def __init__(self, num_features: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.register_buffer("weight", torch.ones(num_features))
-        self.register_buffer("bias", torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
-
-    @classmethod
-    def from_batchnorm(cls, bn: nn.BatchNorm3d) -> "FrozenBatchNorm3d":
-        frozen = cls(bn.num_features, bn.eps).to(device=bn.running_mean.device, dtype=bn.running_mean.dtype)
-        with torch.no_grad():
-            for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-                src = getattr(bn, name)
-                if src is not None:
-                    getattr(frozen, name).copy_(src.detach())
-        return frozen
-
-    def forward(self, x: Tensor) -> Tensor:
-        scale = self.weight * (self.running_var + self.eps).rsqrt()  # [C]
-        shift = self.bias - self.running_mean * scale  # [C]
-        shape = (1, -1) + (1,) * (x.dim() - 2)  # broadcast over [B, C, T, H, W]
-        return x * scale.to(x.dtype).view(shape) + shift.to(x.dtype).view(shape)
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.numel()}, eps={self.eps}"
-
-
-def freeze_batchnorm(model: nn.Module) -> nn.Module:
-    """Replace every BatchNorm3d by a FrozenBatchNorm3d in place (the paper's 128-frame recipe)."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.BatchNorm3d):
-                setattr(parent, name, FrozenBatchNorm3d.from_batchnorm(child))
-    return model

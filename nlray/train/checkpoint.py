@@ -53,7 +53,7 @@ def load(dirpath: str | Path) -> dict[str, Any]:
             "meta": json.loads((d / "meta.json").read_text()) if (d / "meta.json").is_file() else {}}
 
 
-def storage(cfg: Config) -> tuple[str, Optional[pyarrow.fs.FileSystem]]:
+def ray_train_storage(cfg: Config) -> tuple[str, Optional[pyarrow.fs.FileSystem]]:
     """RunConfig storage: (path, pyarrow filesystem or None). S3 goes through our configured filesystem
     because Ray's own s3:// resolution ignores a custom endpoint."""
     path = cfg.train.storage_path
@@ -69,7 +69,7 @@ def stored_checkpoints(cfg: Config) -> list["ray.train.Checkpoint"]:
     Ray Train hands a restarted worker group the checkpoint its controller registered last; one a worker
     uploaded just before its node was lost may never have been registered, yet it is whole on storage.
     """
-    root, fs = storage(cfg)
+    root, fs = ray_train_storage(cfg)
     fs = fs or pyarrow.fs.LocalFileSystem()
     folder = posixpath.join(root, cfg.name)
     infos = fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))

@@ -10,7 +10,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
-from nlray.config import Config, ConfigError, get, load_config, preset_summaries, validate
+from nlray.config import Config, ConfigError, check_config, get, load_config, preset_summaries
+from nlray.config_fields import allowed, settings
 from nlray.secrets import redact, split_userinfo
 
 TRACKING_TIMEOUT_S = 10.0  # how long a job waits for an http(s) tracking server to answer before it stops
@@ -39,12 +40,14 @@ def help_epilog(default_preset: str) -> str:
     presets = "\n".join(f"  {name:<26} {summary}" for name, summary in preset_summaries().items())
     try:
         cfg = load_config(default_preset)
-        common = "\n".join(f"  {key}={get(cfg, key)!r}" for key in COMMON_OVERRIDES)
+        fields = settings()  # each setting's help and allowed values, declared once (nlray/config_fields.py)
+        common = "\n".join(f"  {key}={get(cfg, key)!r}  {fields[key].metadata.get('help', '')}"
+                           + (f" [{allowed(fields[key])}]" if allowed(fields[key]) else "") for key in COMMON_OVERRIDES)
     except ConfigError as e:  # e.g. a bad NLRAY_* variable: --help still shows the presets
         common = f"  (defaults unavailable: {e})"
     return (f"presets (--config NAME, or NAME,OVERLAY: e.g. nl_i3d_r50_32f,caffe2):\n{presets}\n\n"
-            f"common overrides, with the {default_preset} preset's values (any key of nlray/config.py's "
-            f"dataclasses works, as section.key=value):\n{common}")
+            f"common overrides, with the {default_preset} preset's values (any setting of nlray/config_fields.py "
+            f"works, as section.key=value):\n{common}")
 
 
 def to_config(args: argparse.Namespace) -> Config:
@@ -55,7 +58,7 @@ def to_config(args: argparse.Namespace) -> Config:
     cfg.name = args.name or cfg.name or Path(args.config).stem  # default: the preset's name
     if getattr(args, "init_from", None):
         cfg.train.init_from = args.init_from
-    validate(cfg)
+    check_config(cfg)
     return cfg
 
 

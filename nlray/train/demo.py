@@ -6,10 +6,9 @@ workers on a local Ray, MLflow in ./mlflow.db. Prints both runs' validation resu
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 from nlray.config import Config, load_config
-from nlray.data import resolve_dataset
 from nlray.secrets import redact
 from nlray.tracking import resolve_uri
 from nlray.train.trainer import fit
@@ -21,7 +20,7 @@ def stage_configs(extra1: Sequence[str] = (), extra2: Sequence[str] = ()) -> tup
     return short, long
 
 
-def run_demo(extra1: Sequence[str] = (), extra2: Sequence[str] = (), *, chance: Optional[float] = None) -> dict:
+def run_demo(extra1: Sequence[str] = (), extra2: Sequence[str] = ()) -> dict:
     short, long = stage_configs(extra1, extra2)
     first = fit(short)
     long.train.init_from = first["run_id"]
@@ -31,8 +30,7 @@ def run_demo(extra1: Sequence[str] = (), extra2: Sequence[str] = (), *, chance: 
 
 
 def report(short: Config, first: dict, long: Config, second: dict) -> None:
-    _, labels = resolve_dataset(short.data)
-    chance = 1.0 / len(labels)
+    chance = 1.0 / first["num_classes"]
     print("\nnlray embedded default: done")
     for cfg, res in ((short, first), (long, second)):
         views = f"{cfg.data.eval_num_clips} clips x {cfg.data.eval_num_crops} crops"

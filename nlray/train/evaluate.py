@@ -1,7 +1,7 @@
 """Multi-view evaluation as a Ray Data batch-inference job: decode views on CPU actors, score them on model
 actors (GPU or CPU), average softmax per video on the driver.
 
-PAPER.md: 10 clips evenly over the video x 3 spatial crops, shorter side 256; softmax averaged over the views.
+docs/paper.md: 10 clips evenly over the video x 3 spatial crops, shorter side 256; softmax averaged over the views.
 Clip-level numbers score each view alone; video-level numbers score the average. Always say which.
 
 Scoring is spread over a pool of ``actors`` ViewScorer actors (``scorer_pool``): one GPU each on GPUs, else
@@ -24,7 +24,7 @@ import pandas as pd
 import ray
 import torch
 
-from nlray import raycluster, tracking
+from nlray import plots, raycluster, tracking
 from nlray.config import Config, ConfigError, TrackingConfig, env_layer, from_stored, from_yaml, to_yaml
 from nlray.data import resolve_dataset
 from nlray.data.pipeline import build_eval_dataset, split_frame
@@ -156,7 +156,7 @@ def run_evaluation(*, ref: str, data: Optional[str] = None, split: Optional[str]
     cfg = from_stored(text, [*overrides, *([f"data.val_split={split}"] if split else [])], root=data,
                       preset=preset)
     cfg.tracking.uri = uri
-    raycluster.connect(cfg.cluster.address, cfg.cluster.num_cpus)
+    raycluster.connect(cfg.cluster.address, cfg.cluster.num_cpus, cfg.data.progress_interval_s)
     df, labels = resolve_dataset(cfg.data)
     if meta.get("labels") and meta["labels"] != labels:
         raise ConfigError(f"the model was trained on {len(meta['labels'])} classes that differ from the "
@@ -182,5 +182,6 @@ def run_evaluation(*, ref: str, data: Optional[str] = None, split: Optional[str]
 def log_scores(run: tracking.Run, scores: VideoScores, labels: list[str], metrics: dict, step: int) -> None:
     run.log_metrics(metrics, step)
     with tracking.tmpdir() as tmp:
-        run.log_png(tracking.confusion_png(scores.confusion(), labels, Path(tmp) / "eval_per_class_accuracy.png"))
-    run.log_text(tracking.per_class_accuracy_csv(scores.confusion(), labels), "eval_per_class_accuracy.csv")
+        png = plots.per_class_accuracy_png(scores.confusion(), labels, Path(tmp) / "eval_per_class_accuracy.png")
+        run.log_png(png)
+    run.log_text(plots.per_class_accuracy_csv(scores.confusion(), labels), "eval_per_class_accuracy.csv")

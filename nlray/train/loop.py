@@ -1,6 +1,7 @@
 """The per-worker training loop that Ray Train runs on every worker (DDP).
 
-Rank 0 alone writes: MLflow step metrics (into the run the driver made) and checkpoints.
+Rank 0 alone writes checkpoints. Step metrics go out by ``ray.train.report`` from every rank (rank 0's are
+logged: nlray.train.reporting); each node's system metrics go straight to MLflow. Nothing is read back.
 """
 from __future__ import annotations
 
@@ -25,14 +26,15 @@ from nlray.config import Config, from_yaml
 from nlray.data.pipeline import bad_video_counts, bad_video_log_name
 from nlray.data.transforms import normalize_on_device
 from nlray.models import build_model, freeze_batchnorm
+from nlray.progress import quiet_train_reports
 from nlray.secrets import adopt_credential_env
 from nlray.tracking import Run
 from nlray.train import checkpoint
+from nlray.train.reporting import report_no_data, report_start, report_step
 from nlray.train.precise_bn import update_bn_stats
 from nlray.train.optim import accumulation_steps, build_optimizer, global_batch, lr_at, peak_lr
 
 log = logging.getLogger("nlray")
-NO_DATA_TAG = "nlray.no_data_epoch"  # set by rank 0 when an epoch gave no batch; the driver then fails the run
 
 
 def build_worker_model(cfg: Config) -> nn.Module:
@@ -171,11 +173,10 @@ class Loop:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     device: torch.device
-    run: Run
+    run: Run  # system metrics only: step metrics are reported (nlray.train.reporting)
     meta: dict  # saved in every checkpoint beside step and epoch
     peak_lr: float
     accum: int  # micro-batches per optimizer step
-    logged_upto: int  # steps up to here are in MLflow already (a restart replays them: not logged again)
     # after falling back past a checkpoint that did not load, new checkpoints of the same steps get their own
     # folders: Ray Train's retention would otherwise delete the new one with the bad one it replaces
     dir_suffix: str = ""
@@ -208,8 +209,7 @@ def train_steps(loop: Loop, step: int, epoch: int) -> None:
     while step < loop.cfg.train.steps:
         step, batches, last_saved = train_epoch(loop, shard, step, epoch, last_saved)
         if batches == 0:  # every worker sees it: an epoch with no clip would repeat forever
-            if ray.train.get_context().get_world_rank() == 0:
-                loop.run.set_tags({NO_DATA_TAG: str(epoch)})  # the driver raises, naming the reasons
+            report_no_data(step, epoch)  # the driver raises, naming the reasons
             return
         epoch += 1
     if last_saved != step:  # the final checkpoint (or resumed at or past the end: report once)
@@ -223,7 +223,7 @@ def setup(config: dict) -> tuple[Loop, int, int]:
     cfg, run = from_yaml(config["cfg"]), config["run"]
     adopt_credential_env(ray.get(config["credentials"]))  # the driver's MLflow credentials, never in cfg
     tcfg, rank = cfg.train, ray.train.get_context().get_world_rank()
-    console_logging()
+    worker_logging()
     torch.manual_seed(tcfg.seed + rank)
     model = build_worker_model(cfg)
     opt_state, step, epoch, skipped = restore(model, cfg, config["init_ref"])
@@ -236,16 +236,18 @@ def setup(config: dict) -> tuple[Loop, int, int]:
         optimizer.load_state_dict(opt_state)
     meta = {"labels": config["labels"], "mlflow_run_id": run.id, "schedule": {
         "peak_lr": peak, "milestones": tcfg.lr_milestones, "gamma": tcfg.lr_gamma, "warmup": tcfg.warmup_steps}}
-    logged = note_start(run, step, skipped) if rank == 0 else 0
+    if step > 0 or skipped:
+        note_start(step, skipped, rank)
     model.train()
     return Loop(cfg, model, optimizer, ray.train.torch.get_device(), run, meta, peak,
-                accumulation_steps(tcfg, cfg.data.batch_size), logged,
+                accumulation_steps(tcfg, cfg.data.batch_size),
                 f"_from{step:08d}" if skipped else "", start_step=step), step, epoch
 
 
-def console_logging() -> None:
+def worker_logging() -> None:
     """INFO of the "nlray" logger to this worker's stderr, which Ray forwards to the driver's console
-    (a worker process starts with no handler: only warnings would show)."""
+    (a worker process starts with no handler: only warnings would show); Ray Train's line per report, not."""
+    quiet_train_reports()
     if not log.handlers:
         handler = logging.StreamHandler()  # stderr
         handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
@@ -254,18 +256,11 @@ def console_logging() -> None:
     log.setLevel(logging.INFO)
 
 
-def note_start(run: Run, step: int, skipped: list[str]) -> int:
-    """Rank 0 at a (re)start: mark in MLflow where training resumed and which checkpoints did not load;
-    return the last step already logged, so that steps replayed after a restart are not logged twice."""
-    logged = max((s for s, _ in run.metric_history("train/loss")), default=0)
-    if step > 0:
-        restarts = len(run.metric_history("train/resumed_from_step")) + 1
-        run.log_metrics({"train/resumed_from_step": step}, step)
-        run.set_tags({"nlray.restarts": str(restarts)})
-    if skipped:
+def note_start(step: int, skipped: list[str], rank: int) -> None:
+    """Every rank at a restart: report where training resumed and which checkpoints did not load."""
+    if skipped and rank == 0:
         log.warning("skipped checkpoints that do not load: %s", "; ".join(skipped))
-        run.set_tags({"nlray.skipped_checkpoints": "; ".join(skipped)[:5000]})
-    return logged
+    report_start(step, skipped)
 
 
 def epoch_batches(loop: Loop, shard):
@@ -292,8 +287,8 @@ def train_epoch(loop: Loop, shard, step: int, epoch: int, last_saved: int) -> tu
         if step >= tcfg.steps:
             return step, batches, last_saved  # a partial epoch: no audit
     audit = epoch_audit(seen, loop.device)
-    if ray.train.get_context().get_world_rank() == 0 and step > loop.logged_upto and batches:
-        loop.run.log_metrics(audit, step)
+    if batches:
+        report_step(audit, step)
     return step, batches, last_saved
 
 
@@ -306,7 +301,7 @@ def precise_at_end(tcfg) -> bool:
 
 def save_due(tcfg, step: int) -> bool:
     """A checkpoint every ``checkpoint_every`` steps and at the end; with precise BN at the end the final
-    one waits for the statistics (train_func)."""
+    one waits for the statistics (train_steps)."""
     if step == tcfg.steps:
         return not precise_at_end(tcfg)
     return step % tcfg.checkpoint_every == 0
@@ -320,8 +315,7 @@ def precise_bn(loop: Loop, shard, step: int) -> None:
               for b, _ in synced_batches(epoch_batches(loop, shard), loop.device))
     with torch.autocast(device_type=loop.device.type, dtype=torch.bfloat16, enabled=loop.bf16):
         used = update_bn_stats(bare, inputs, max_batches=loop.cfg.train.precise_bn_batches)
-    if ray.train.get_context().get_world_rank() == 0 and (step > loop.logged_upto or step == 0):
-        loop.run.log_metrics({"train/precise_bn_batches": used}, step)
+    report_step({"train/precise_bn_batches": used}, step, first=step == 0)
 
 
 def micro_step(loop: Loop, batch: dict, waited: float) -> bool:
@@ -355,13 +349,11 @@ def save(loop: Loop, step: int, epoch: int) -> None:
 def log_interval(loop: Loop, step: int, epoch: int, lr: float) -> None:
     metrics = loop.meter.reduce()  # a collective: every rank calls it
     loop.meter.reset()
-    if ray.train.get_context().get_world_rank() != 0:
-        return
-    log.info("%s", progress_line(step, loop.cfg.train.steps, epoch, metrics, lr,
-                                 time.perf_counter() - loop.t_start, step - loop.start_step))
-    if step > loop.logged_upto:
-        metrics.update({"train/lr": lr, "train/epoch": epoch, **bad_video_metrics(loop.cfg)})
-        loop.run.log_metrics(metrics, step)
+    if ray.train.get_context().get_world_rank() == 0:
+        log.info("%s", progress_line(step, loop.cfg.train.steps, epoch, metrics, lr,
+                                     time.perf_counter() - loop.t_start, step - loop.start_step))
+        metrics.update(bad_video_metrics(loop.cfg))
+    report_step({**metrics, "train/lr": lr, "train/epoch": epoch}, step)
 
 
 def progress_line(step: int, total: int, epoch: int, metrics: dict[str, float], lr: float,

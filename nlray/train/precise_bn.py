@@ -3,7 +3,8 @@
 Training leaves an exponential moving average of batch statistics taken while the weights were still
 moving; the released Caffe2 code (``COMPUTE_PRECISE_BN``) and PySlowFast (``BN.USE_PRECISE_STATS``)
 replace it before a checkpoint is evaluated. A long-clip stage, whose BN layers are frozen during
-training, runs it before fine-tuning (``nlray.train.loop.precise_at_end``): the frozen statistics are then
+training, runs it before fine-tuning (``nlray.train.loop.train_steps`` at step 0; ``precise_at_end`` says
+which): the frozen statistics are then
 those of the clips the model now sees (128×1 instead of 32×2), and the weights adapt to them.
 
 During the passes each BN layer, frozen or not, normalises by its batch's own statistics (as BN does in

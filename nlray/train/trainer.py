@@ -11,23 +11,26 @@ from pathlib import Path
 
 import ray
 from ray.data import DataContext, ExecutionOptions
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import DataConfig as IngestConfig  # Ray Train's: how datasets reach the workers
 from ray.train.torch import TorchTrainer
 
-from nlray import raycluster, tracking
+from nlray import plots, raycluster, tracking
 from nlray.config import Config, ConfigError, to_yaml
 from nlray.data import resolve_dataset
 from nlray.data.pipeline import (bad_video_counts, bad_video_list, bad_video_log_name, build_train_dataset,
                                  has_split)
 from nlray.data import storage
-from nlray.data.synthetic import CLASSES, FLIP_LABEL_MAP, SPECS, ensure_dataset_at, ensure_demo_dataset
+from nlray.data.synthetic import ensure_dataset_at, ensure_demo_dataset
+from nlray.data.synthetic_spec import CLASSES, FLIP_LABEL_MAP, SPECS
 from nlray.models import build_model
 from nlray.secrets import credential_env, redact
 from nlray.tracking import Run
 from nlray.train import checkpoint
 from nlray.train.evaluate import evaluate
 from nlray.train.weights import initial_weights
-from nlray.train.loop import NO_DATA_TAG, train_func
+from nlray.train.loop import train_func
+from nlray.train.reporting import RunLogger, no_data_epoch
 from nlray.train.optim import scaled_schedule
 
 log = logging.getLogger("nlray")
@@ -55,8 +58,8 @@ def place_synthetic_set(cfg: Config) -> Config:
         return cfg
     uri = storage.join(cfg.train.storage_path, "datasets", f"synthetic-{cfg.data.synthetic}")
     log.info("no data given on a cluster of several nodes: the synthetic set at %s", uri)
-    cfg.data.root = ensure_dataset_at(uri, SPECS[cfg.data.synthetic], endpoint_url=cfg.data.s3_endpoint_url)
-    return cfg
+    root = ensure_dataset_at(uri, SPECS[cfg.data.synthetic], endpoint_url=cfg.data.s3_endpoint_url)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=root))
 
 
 def with_mirror_pairs(cfg: Config, labels: list[str]) -> Config:
@@ -69,21 +72,23 @@ def with_mirror_pairs(cfg: Config, labels: list[str]) -> Config:
 
 
 def make_trainer(cfg: Config, labels: list[str], run: Run, init_ref, train_ds) -> TorchTrainer:
-    path, fs = checkpoint.storage(cfg)
+    path, fs = checkpoint.ray_train_storage(cfg)
     tcfg = cfg.train
+    credentials = ray.put(credential_env())
+    logger = RunLogger.resuming(run, credentials)
     return TorchTrainer(
         train_func,
         # credentials as an object in the store, not in the config: Ray Train's state export (and Tune's
         # loggers) write train_loop_config out, where an object shows only its id
         train_loop_config={"cfg": to_yaml(cfg), "labels": labels, "run": run, "init_ref": init_ref,
-                           "credentials": ray.put(credential_env())},
+                           "credentials": credentials},
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                                      resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(name=cfg.name, storage_path=path, storage_filesystem=fs,
-                             failure_config=FailureConfig(max_failures=tcfg.max_failures),
+                             failure_config=FailureConfig(max_failures=tcfg.max_failures), callbacks=[logger],
                              checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints)),
         datasets={"train": train_ds},
-        dataset_config=DataConfig(execution_options=ingest_options()),
+        dataset_config=IngestConfig(execution_options=ingest_options()),
     )
 
 
@@ -100,9 +105,10 @@ class NoDataError(RuntimeError):
 
 
 def fit(cfg: Config) -> dict:
-    """Train (or resume) the run named cfg.name; returns its final metrics, run id and checkpoint path."""
+    """Train (or resume) the run named cfg.name; returns its final metrics, run id, checkpoint path and the
+    number of classes. ``cfg`` is left as it was (the settings derived here are copies)."""
     check_initialisation(cfg)
-    raycluster.connect(cfg.cluster.address, cfg.cluster.num_cpus)
+    raycluster.connect(cfg.cluster.address, cfg.cluster.num_cpus, cfg.data.progress_interval_s)
     raycluster.require_shared_paths(cfg)  # before any work is scheduled
     cfg = place_synthetic_set(cfg)
     df, labels = resolve_dataset(cfg.data)
@@ -110,8 +116,8 @@ def fit(cfg: Config) -> dict:
     cfg = resolve_classes(cfg, labels)
     cfg = with_mirror_pairs(cfg, labels)
     scaled, schedule = scaled_schedule(cfg.train, cfg.data.batch_size)
-    cfg = dataclasses.replace(cfg, train=scaled)
-    cfg.tracking.uri = tracking.resolve_uri(cfg.tracking.uri)  # workers run in other directories
+    uri = tracking.resolve_uri(cfg.tracking.uri)  # workers run in other directories
+    cfg = dataclasses.replace(cfg, train=scaled, tracking=dataclasses.replace(cfg.tracking, uri=uri))
     init = initial_weights(cfg)  # a bad --init-from fails here, before a run or a worker exists
     dataset = tracking.manifest_dataset(df, labels, **dataset_identity(cfg))
     run, resumed = tracking.start_or_resume_run(cfg, labels, {"world_size": cfg.train.num_workers, **schedule},
@@ -123,11 +129,10 @@ def fit(cfg: Config) -> dict:
         init_ref = ray.put(init) if init is not None else None
         train_ds = build_train_dataset(df, cfg.data, run_name=cfg.name, seed=cfg.train.seed,
                                        resources=raycluster.decoder_resources(cfg), labels=labels)
-        run.set_tags({NO_DATA_TAG: ""})
         result = make_trainer(cfg, labels, run, init_ref, train_ds).fit()
-        empty_epoch = run.tags().get(NO_DATA_TAG)
-        if empty_epoch:
-            raise NoDataError(no_data_message(cfg, df, int(empty_epoch)))
+        empty_epoch = no_data_epoch(result)
+        if empty_epoch is not None:
+            raise NoDataError(no_data_message(cfg, df, empty_epoch))
         out = finish(cfg, df, labels, run, result)
     except BaseException as e:
         run.set_tags({"nlray.failure": f"{type(e).__name__}: {e}"[:5000]})
@@ -170,7 +175,8 @@ def check_initialisation(cfg: Config) -> None:
     if t.freeze_bn and not t.init_from and cfg.model.pretrained == "none" and not t.allow_random_init:
         raise ConfigError("train.freeze_bn=true with no --init-from and model.pretrained=none would train a "
                           "random network whose BN layers are frozen at identity: give --init-from <32-frame "
-                          "run id or checkpoint> (PAPER.md: long clips start from the 32-frame model), or set "
+                          "run id or checkpoint> (long clips start from the 32-frame model: docs/paper.md, "
+                          "Long clips), or set "
                           "train.allow_random_init=true to do it anyway")
 
 
@@ -209,10 +215,10 @@ def finish(cfg: Config, df, labels: list[str], run: Run, result) -> dict:
                   crop_size=cfg.data.crop_size, registered_name=cfg.tracking.registered_model_name)
     metrics = validate(cfg, df, labels, run, state["model"], step)
     with tracking.tmpdir() as tmp:
-        png = tracking.learning_curve_png(run, ["train/loss", "train/clip_top1", "train/lr"],
-                                          Path(tmp) / "learning_curve.png")
+        curves = {key: run.metric_history(key) for key in ("train/loss", "train/clip_top1", "train/lr")}
+        png = plots.learning_curves_png(curves, Path(tmp) / "learning_curve.png")
         run.log_png(png)
-    return {"run_id": run.id, "step": step, "checkpoint": result.path, **metrics}
+    return {"run_id": run.id, "step": step, "checkpoint": result.path, "num_classes": len(labels), **metrics}
 
 
 def log_bad_videos(cfg: Config, run: Run) -> None:
@@ -240,6 +246,6 @@ def validate(cfg: Config, df, labels: list[str], run: Run, model_state: dict, st
     metrics["val/views_per_video"] = clips * crops
     run.log_metrics(metrics, step)
     with tracking.tmpdir() as tmp:
-        run.log_png(tracking.confusion_png(scores.confusion(), labels, Path(tmp) / "per_class_accuracy.png"))
-    run.log_text(tracking.per_class_accuracy_csv(scores.confusion(), labels), "per_class_accuracy.csv")
+        run.log_png(plots.per_class_accuracy_png(scores.confusion(), labels, Path(tmp) / "per_class_accuracy.png"))
+    run.log_text(plots.per_class_accuracy_csv(scores.confusion(), labels), "per_class_accuracy.csv")
     return metrics

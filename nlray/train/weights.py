@@ -1,7 +1,7 @@
 """Where a run's initial weights come from, loaded once on the driver (workers get them via the object store).
 
     --init-from (a 32-frame run / checkpoint)  ->  checkpoint.fetch_weights, checked against the model
-    model.pretrained (imagenet / path / URI)   ->  a torchvision 2D ResNet inflated to 3D (PAPER.md)
+    model.pretrained (imagenet / path / URI)   ->  a torchvision 2D ResNet inflated to 3D (docs/paper.md "Inflation")
     neither                                     ->  None: random init
 """
 from __future__ import annotations

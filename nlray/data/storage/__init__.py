@@ -3,7 +3,9 @@
 Each function below parses the URI once and hands the work to the backend of its scheme, one class
 per scheme behind the ``Storage`` interface (base.py): ``LocalStorage`` (local.py: atomic, shared
 writes) and ``S3Storage`` (s3.py, with s3_client.py: boto3, retries, endpoint, pyarrow). A new scheme
-is a new module and one branch of ``backend``; callers never branch on the scheme themselves.
+is a new module and one branch of ``backend``. Reading and writing never branch on the scheme outside it;
+what the scheme means beyond bytes does (is a path shared by every node: raycluster.py; Ray Train's
+storage filesystem: checkpoint.py).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Real local servers as subprocesses (a moto S3 endpoint, an MLflow server) for tests, benchmarks and laptops.
+"""Real local servers as subprocesses for tests, benchmarks and laptops: ``start_moto`` (an S3 endpoint), or any
+server command with ``start`` (the tests start ``mlflow server`` so).
 
 Each runs in its own process group and is stopped by its own pid with ``stop``.
 """
@@ -6,29 +7,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from nlray.raycluster import free_port  # noqa: F401  (re-exported: tests take it from here)
+
 BIN = Path(sys.executable).parent
-
-
-_GIVEN: set[int] = set()  # ports handed out by this process: a node's several ports must differ
-
-
-def free_port() -> int:
-    """A free 127.0.0.1 port this process has not handed out before (the OS may give a just-freed one again:
-    a ray start once got the same port for two of its components)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _GIVEN:
-            _GIVEN.add(port)
-            return port
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:

@@ -36,7 +36,7 @@ from typing import Callable, Optional
 import yaml
 
 from nlray.raycluster import LOCAL_STARTUP_CONCURRENCY
-from nlray.servers import free_port
+from nlray.raycluster import free_port
 
 # Nodes of one machine share its cores: the raylet's startup concurrency (min(cores, CPUs)) would make it warn
 # of "worker processes started" at a run's normal count (nlray.raycluster.start_local); the head's system
