@@ -170,3 +170,26 @@ class DataProgress(ExecutionCallback):
             _logger().info("%s", summary_line(executor._dataset_id, iv, elapsed))
             global _interval
             _interval = _Interval()
+
+
+def progress_line(step: int, total: int, epoch: int, metrics: dict[str, float], lr: float,
+                  elapsed_s: float, steps_done: int) -> str:
+    """The console line of a logging interval, e.g. ``step 120/1200 (10%) epoch 1 loss 1.234 clip_top1 0.500
+    lr 0.0100 clips/s 55.1 data_wait 3% eta 4m10s``. metrics: Meter.reduce()'s; the eta is the mean step
+    time of this session (``steps_done`` steps in ``elapsed_s``) times the steps left."""
+    left = max(total - step, 0)
+    eta = format_duration(elapsed_s / steps_done * left) if steps_done > 0 else "?"
+    return (f"step {step}/{total} ({100 * step // max(total, 1)}%) epoch {epoch} "
+            f"loss {metrics['train/loss']:.3f} clip_top1 {metrics['train/clip_top1']:.3f} lr {lr:.4f} "
+            f"clips/s {metrics['train/clips_per_s']:.1f} data_wait {100 * metrics['train/data_wait_share']:.0f}% "
+            f"eta {eta}")
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``4m10s``, ``2h05m``: whole seconds, the two largest units."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

@@ -7,9 +7,9 @@
     run.end()                                          # FINISHED (or end("FAILED"))
 
 The driver creates or finds the run and logs what it knows (params, config, label map, the dataset as an
-MLflow input, where the run came from, the final model, plots); Ray Train's controller logs the step
-metrics the workers report (nlray.train.reporting) and each node its system metrics, through the handle
-they were given. No other module imports mlflow (the plots are nlray.plots').
+MLflow input, where the run came from, the final model, plots); the rank-0 worker logs step metrics
+and each node its system metrics into the same run, through the handle they were given. No other module
+imports mlflow (the plots are nlray.plots').
 """
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from nlray.train.evaluate import log_progress
-from nlray.train.loop import TrainBatch, format_duration, progress_line
+from nlray.progress import format_duration, progress_line
+from nlray.train.loop import TrainBatch
 
 INTERVAL = {"train/loss": 1.2344, "train/clip_top1": 0.5, "train/clips_per_s": 55.12,
             "train/data_wait_share": 0.031}

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS, LOG_EVERY, INTERVAL_S = 80, 20, 15
+STEPS, LOG_EVERY, INTERVAL_S = 80, 20, 5
 # the tiny synthetic set (8 training videos) x 60: 60 steps an epoch of 2 workers x 4 clips, so the run
 # crosses an epoch; no validation and no checkpoint but the last: the minutes are training's
 ARGS = ["--name", "joblog", "data.synthetic=tiny", "data.frames=8", "data.repeat=60", "data.val_split=none",

@@ -1,7 +1,7 @@
 """Open every video of a manifest once (in parallel, with Ray Data) and say whether it is usable.
 
 Adds the columns ``status`` (``ok`` or the reason: missing, empty, truncated, undecodable,
-too_large, frame_size, too_many_packets, timeout, unreachable, too_short), ``error`` (the decoder's
+too_large, frame_size, too_many_packets, timeout, unreachable, too_short, outside_root), ``error`` (the decoder's
 message), ``num_frames``, ``fps``, ``width``, ``height``.
 
 Probing opens each video with the decoder training ships (PyAV, ``nlray.data.decode.open_video``)

@@ -1,7 +1,6 @@
 """The per-worker training loop that Ray Train runs on every worker (DDP).
 
-Rank 0 alone writes checkpoints. Step metrics go out by ``ray.train.report`` from every rank (rank 0's are
-logged: nlray.train.reporting); each node's system metrics go straight to MLflow. Nothing is read back.
+Rank 0 alone writes: MLflow step metrics (into the run the driver made) and checkpoints.
 """
 from __future__ import annotations
 
@@ -26,15 +25,16 @@ from nlray.config import Config, from_yaml
 from nlray.data.pipeline import bad_video_counts, bad_video_log_name
 from nlray.data.transforms import normalize_on_device
 from nlray.models import build_model, freeze_batchnorm
-from nlray.progress import quiet_train_reports
+from nlray.progress import progress_line, quiet_train_reports
 from nlray.secrets import adopt_credential_env
 from nlray.tracking import Run
 from nlray.train import checkpoint
-from nlray.train.reporting import report_no_data, report_start, report_step
 from nlray.train.precise_bn import update_bn_stats
+from nlray.train.speedups import as_input, speed_up, unwrap
 from nlray.train.optim import accumulation_steps, build_optimizer, global_batch, lr_at, peak_lr
 
 log = logging.getLogger("nlray")
+NO_DATA_TAG = "nlray.no_data_epoch"  # set by rank 0 when an epoch gave no batch; the driver then fails the run
 
 
 def build_worker_model(cfg: Config) -> nn.Module:
@@ -74,9 +74,10 @@ def synced_batches(batches, device: torch.device) -> Iterator[tuple[dict, float]
         yield batch, waited
 
 
-def forward_loss(model: nn.Module, batch: dict, device: torch.device, bf16: bool) -> tuple[torch.Tensor, int]:
+def forward_loss(model: nn.Module, batch: dict, device: torch.device, bf16: bool,
+                 channels_last: bool = False) -> tuple[torch.Tensor, int]:
     video = batch["video"].to(device, non_blocking=True)  # (B, T, H, W, C) uint8
-    x = normalize_on_device(video, dtype=torch.float32)  # (B, C, T, H, W) float
+    x = as_input(normalize_on_device(video, dtype=torch.float32), channels_last)  # (B, C, T, H, W) float
     y = batch["label"].to(device, non_blocking=True)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(x)  # (B, K)
@@ -136,7 +137,7 @@ def save_and_report(model: nn.Module, optimizer, *, cfg: Config, meta: dict, met
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics, checkpoint_dir_name=name)
         return
-    bare = model.module if hasattr(model, "module") else model
+    bare = unwrap(model)
     with tempfile.TemporaryDirectory() as d:
         checkpoint.save(d, model_state=bare.state_dict(), optimizer_state=optimizer.state_dict(),
                         meta=meta, cfg=cfg)
@@ -173,10 +174,11 @@ class Loop:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     device: torch.device
-    run: Run  # system metrics only: step metrics are reported (nlray.train.reporting)
+    run: Run
     meta: dict  # saved in every checkpoint beside step and epoch
     peak_lr: float
     accum: int  # micro-batches per optimizer step
+    logged_upto: int  # steps up to here are in MLflow already (a restart replays them: not logged again)
     # after falling back past a checkpoint that did not load, new checkpoints of the same steps get their own
     # folders: Ray Train's retention would otherwise delete the new one with the bad one it replaces
     dir_suffix: str = ""
@@ -209,7 +211,8 @@ def train_steps(loop: Loop, step: int, epoch: int) -> None:
     while step < loop.cfg.train.steps:
         step, batches, last_saved = train_epoch(loop, shard, step, epoch, last_saved)
         if batches == 0:  # every worker sees it: an epoch with no clip would repeat forever
-            report_no_data(step, epoch)  # the driver raises, naming the reasons
+            if ray.train.get_context().get_world_rank() == 0:
+                loop.run.set_tags({NO_DATA_TAG: str(epoch)})  # the driver raises, naming the reasons
             return
         epoch += 1
     if last_saved != step:  # the final checkpoint (or resumed at or past the end: report once)
@@ -229,6 +232,7 @@ def setup(config: dict) -> tuple[Loop, int, int]:
     opt_state, step, epoch, skipped = restore(model, cfg, config["init_ref"])
     if tcfg.freeze_bn:
         model = freeze_batchnorm(model)
+    model = speed_up(model, channels_last=tcfg.channels_last, compile=tcfg.compile)  # compiled before DDP: see there
     model = ray.train.torch.prepare_model(model)
     peak = peak_lr(tcfg, global_batch(tcfg, cfg.data.batch_size))
     optimizer = build_optimizer(model, tcfg, peak)
@@ -236,11 +240,10 @@ def setup(config: dict) -> tuple[Loop, int, int]:
         optimizer.load_state_dict(opt_state)
     meta = {"labels": config["labels"], "mlflow_run_id": run.id, "schedule": {
         "peak_lr": peak, "milestones": tcfg.lr_milestones, "gamma": tcfg.lr_gamma, "warmup": tcfg.warmup_steps}}
-    if step > 0 or skipped:
-        note_start(step, skipped, rank)
+    logged = note_start(run, step, skipped) if rank == 0 else 0
     model.train()
     return Loop(cfg, model, optimizer, ray.train.torch.get_device(), run, meta, peak,
-                accumulation_steps(tcfg, cfg.data.batch_size),
+                accumulation_steps(tcfg, cfg.data.batch_size), logged,
                 f"_from{step:08d}" if skipped else "", start_step=step), step, epoch
 
 
@@ -256,11 +259,18 @@ def worker_logging() -> None:
     log.setLevel(logging.INFO)
 
 
-def note_start(step: int, skipped: list[str], rank: int) -> None:
-    """Every rank at a restart: report where training resumed and which checkpoints did not load."""
-    if skipped and rank == 0:
+def note_start(run: Run, step: int, skipped: list[str]) -> int:
+    """Rank 0 at a (re)start: mark in MLflow where training resumed and which checkpoints did not load;
+    return the last step already logged, so that steps replayed after a restart are not logged twice."""
+    logged = max((s for s, _ in run.metric_history("train/loss")), default=0)
+    if step > 0:
+        restarts = len(run.metric_history("train/resumed_from_step")) + 1
+        run.log_metrics({"train/resumed_from_step": step}, step)
+        run.set_tags({"nlray.restarts": str(restarts)})
+    if skipped:
         log.warning("skipped checkpoints that do not load: %s", "; ".join(skipped))
-    report_start(step, skipped)
+        run.set_tags({"nlray.skipped_checkpoints": "; ".join(skipped)[:5000]})
+    return logged
 
 
 def epoch_batches(loop: Loop, shard):
@@ -287,8 +297,8 @@ def train_epoch(loop: Loop, shard, step: int, epoch: int, last_saved: int) -> tu
         if step >= tcfg.steps:
             return step, batches, last_saved  # a partial epoch: no audit
     audit = epoch_audit(seen, loop.device)
-    if batches:
-        report_step(audit, step)
+    if ray.train.get_context().get_world_rank() == 0 and step > loop.logged_upto and batches:
+        loop.run.log_metrics(audit, step)
     return step, batches, last_saved
 
 
@@ -310,12 +320,14 @@ def save_due(tcfg, step: int) -> bool:
 def precise_bn(loop: Loop, shard, step: int) -> None:
     """Recompute BN statistics over ``train.precise_bn_batches`` batches a worker (one pass of the training
     data, the weights fixed); the count used goes to MLflow at ``step``."""
-    bare = loop.model.module if hasattr(loop.model, "module") else loop.model
-    inputs = (normalize_on_device(b["video"].to(loop.device), dtype=torch.float32)  # (B, C, T, H, W)
+    bare = unwrap(loop.model)  # eager, not compiled: precise BN swaps the BN layers' forward
+    inputs = (as_input(normalize_on_device(b["video"].to(loop.device), dtype=torch.float32),  # (B, C, T, H, W)
+                       loop.cfg.train.channels_last)
               for b, _ in synced_batches(epoch_batches(loop, shard), loop.device))
     with torch.autocast(device_type=loop.device.type, dtype=torch.bfloat16, enabled=loop.bf16):
         used = update_bn_stats(bare, inputs, max_batches=loop.cfg.train.precise_bn_batches)
-    report_step({"train/precise_bn_batches": used}, step, first=step == 0)
+    if ray.train.get_context().get_world_rank() == 0 and (step > loop.logged_upto or step == 0):
+        loop.run.log_metrics({"train/precise_bn_batches": used}, step)
 
 
 def micro_step(loop: Loop, batch: dict, waited: float) -> bool:
@@ -323,7 +335,7 @@ def micro_step(loop: Loop, batch: dict, waited: float) -> bool:
     loop.micro += 1
     sync = loop.micro % loop.accum == 0
     with (loop.model.no_sync() if not sync and hasattr(loop.model, "no_sync") else nullcontext()):
-        loss, correct = forward_loss(loop.model, batch, loop.device, loop.bf16)
+        loss, correct = forward_loss(loop.model, batch, loop.device, loop.bf16, loop.cfg.train.channels_last)
         (loss / loop.accum).backward()
     loop.meter.add(loss.item(), correct, len(batch["label"]), waited)
     return sync
@@ -349,31 +361,10 @@ def save(loop: Loop, step: int, epoch: int) -> None:
 def log_interval(loop: Loop, step: int, epoch: int, lr: float) -> None:
     metrics = loop.meter.reduce()  # a collective: every rank calls it
     loop.meter.reset()
-    if ray.train.get_context().get_world_rank() == 0:
-        log.info("%s", progress_line(step, loop.cfg.train.steps, epoch, metrics, lr,
-                                     time.perf_counter() - loop.t_start, step - loop.start_step))
-        metrics.update(bad_video_metrics(loop.cfg))
-    report_step({**metrics, "train/lr": lr, "train/epoch": epoch}, step)
-
-
-def progress_line(step: int, total: int, epoch: int, metrics: dict[str, float], lr: float,
-                  elapsed_s: float, steps_done: int) -> str:
-    """The console line of a logging interval, e.g. ``step 120/1200 (10%) epoch 1 loss 1.234 clip_top1 0.500
-    lr 0.0100 clips/s 55.1 data_wait 3% eta 4m10s``. metrics: Meter.reduce()'s; the eta is the mean step
-    time of this session (``steps_done`` steps in ``elapsed_s``) times the steps left."""
-    left = max(total - step, 0)
-    eta = format_duration(elapsed_s / steps_done * left) if steps_done > 0 else "?"
-    return (f"step {step}/{total} ({100 * step // max(total, 1)}%) epoch {epoch} "
-            f"loss {metrics['train/loss']:.3f} clip_top1 {metrics['train/clip_top1']:.3f} lr {lr:.4f} "
-            f"clips/s {metrics['train/clips_per_s']:.1f} data_wait {100 * metrics['train/data_wait_share']:.0f}% "
-            f"eta {eta}")
-
-
-def format_duration(seconds: float) -> str:
-    """``42s``, ``4m10s``, ``2h05m``: whole seconds, the two largest units."""
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if ray.train.get_context().get_world_rank() != 0:
+        return
+    log.info("%s", progress_line(step, loop.cfg.train.steps, epoch, metrics, lr,
+                                 time.perf_counter() - loop.t_start, step - loop.start_step))
+    if step > loop.logged_upto:
+        metrics.update({"train/lr": lr, "train/epoch": epoch, **bad_video_metrics(loop.cfg)})
+        loop.run.log_metrics(metrics, step)

@@ -29,8 +29,7 @@ from nlray.tracking import Run
 from nlray.train import checkpoint
 from nlray.train.evaluate import evaluate
 from nlray.train.weights import initial_weights
-from nlray.train.loop import train_func
-from nlray.train.reporting import RunLogger, no_data_epoch
+from nlray.train.loop import NO_DATA_TAG, train_func
 from nlray.train.optim import scaled_schedule
 
 log = logging.getLogger("nlray")
@@ -75,7 +74,6 @@ def make_trainer(cfg: Config, labels: list[str], run: Run, init_ref, train_ds) -
     path, fs = checkpoint.ray_train_storage(cfg)
     tcfg = cfg.train
     credentials = ray.put(credential_env())
-    logger = RunLogger.resuming(run, credentials)
     return TorchTrainer(
         train_func,
         # credentials as an object in the store, not in the config: Ray Train's state export (and Tune's
@@ -85,7 +83,7 @@ def make_trainer(cfg: Config, labels: list[str], run: Run, init_ref, train_ds) -
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                                      resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(name=cfg.name, storage_path=path, storage_filesystem=fs,
-                             failure_config=FailureConfig(max_failures=tcfg.max_failures), callbacks=[logger],
+                             failure_config=FailureConfig(max_failures=tcfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints)),
         datasets={"train": train_ds},
         dataset_config=IngestConfig(execution_options=ingest_options()),
@@ -129,10 +127,11 @@ def fit(cfg: Config) -> dict:
         init_ref = ray.put(init) if init is not None else None
         train_ds = build_train_dataset(df, cfg.data, run_name=cfg.name, seed=cfg.train.seed,
                                        resources=raycluster.decoder_resources(cfg), labels=labels)
+        run.set_tags({NO_DATA_TAG: ""})
         result = make_trainer(cfg, labels, run, init_ref, train_ds).fit()
-        empty_epoch = no_data_epoch(result)
-        if empty_epoch is not None:
-            raise NoDataError(no_data_message(cfg, df, empty_epoch))
+        empty_epoch = run.tags().get(NO_DATA_TAG)
+        if empty_epoch:
+            raise NoDataError(no_data_message(cfg, df, int(empty_epoch)))
         out = finish(cfg, df, labels, run, result)
     except BaseException as e:
         run.set_tags({"nlray.failure": f"{type(e).__name__}: {e}"[:5000]})
