@@ -34,7 +34,12 @@ pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("abseiling", "juggling", "surfing")
-COPIES = 400  # object keys per class: 1200 videos, every one a copy of one of three real videos
+# Object keys per class (every one a copy of one of three real videos): 3600 videos, so that the job outlasts
+# Ray Data's first 20 s. Ray Data 2.60 sizes a dataset's resource budget from its autoscaling coordinator,
+# which reads the cluster's nodes every 20 s (DefaultAutoscalingCoordinator.TICK_INTERVAL_S); on a cluster
+# that had no worker node when the job started, it runs one task at a time until that first refresh, however
+# many actors the pool has. 1200 videos (~16 s here) were probed by one task at a time, on two actors in turn.
+COPIES = 1200
 DECODE_SLOTS = 2 * 2  # cluster/local/autoscaling.yaml: decode max_workers 2 x (CPU 2, nlray_decode 2)
 
 

@@ -173,7 +173,9 @@ def run_pool(df: pd.DataFrame, fn_cls: type, fn_kwargs: dict[str, Any], plan: Po
     custom resources), for which the autoscaler may add any node type with CPUs: seen on
     cluster/local/autoscaling.yaml, a train node added during a probe (on cluster/aws.yaml a GPU node).
     Without one, Ray Data requests nothing and grows the pool to ``plan.max_size``; the actors that do
-    not fit are pending on the decode resource, which only decode nodes carry."""
+    not fit are pending on the decode resource, which only decode nodes carry. On a cluster that had no
+    worker node when the job started, Ray Data runs one task at a time for the first ~20 s: its budget comes
+    from an autoscaling coordinator that reads the cluster's nodes every 20 s (Ray 2.60)."""
     if df.empty:
         return
     ds = manifest_blocks(df, batch_size).map_batches(
