@@ -56,6 +56,7 @@ from nlray.config import Config, load_config  # noqa: E402
 from nlray.models import build_model, freeze_batchnorm  # noqa: E402
 from nlray.models.summary import SUMMARY_CLASSES, summarize_config  # noqa: E402
 from nlray.train.optim import build_optimizer, global_batch, peak_lr  # noqa: E402
+from nlray.train.speedups import as_input, speed_up, unwrap  # noqa: E402
 
 # dense (no sparsity) bf16 tensor-core peak, TFLOPS, by a substring of torch.cuda.get_device_name;
 # the longest matching key wins ("A100" before "A10", "L40S" before "L4")
@@ -128,20 +129,17 @@ class Bench:
                             activation_checkpointing=cfg.train.activation_checkpointing)
         if cfg.train.freeze_bn:
             model = freeze_batchnorm(model)
-        model = model.to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
-        model.train()
-        self.model = model
+        # what setup applies as train.channels_last / train.compile (nlray.train.speedups)
+        self.forward = speed_up(model.to(device), channels_last=channels_last, compile=compile)
+        self.model = unwrap(self.forward)
+        self.model.train()
         lr = peak_lr(cfg.train, global_batch(cfg.train, cfg.data.batch_size))  # the value does not matter here
-        self.optimizer = build_optimizer(model, cfg.train, lr)
-        self.forward = torch.compile(model) if compile else model
+        self.optimizer = build_optimizer(self.model, cfg.train, lr)
 
     def inputs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.cfg.data
         x = torch.randn(batch, 3, d.frames, d.crop_size, d.crop_size, device=self.device)  # [B, 3, T, H, W] float32
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = as_input(x, self.channels_last)
         y = torch.randint(0, self.num_classes, (batch,), device=self.device)
         return x, y
 
@@ -329,8 +327,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, help="per-device batch (default: the preset's data.batch_size)")
     p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    p.add_argument("--channels-last", action="store_true", help="model and input in channels_last_3d")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (not what training does)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="model and input in channels_last_3d (what train.channels_last does)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (what train.compile does; no DDP here)")
     p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="force activation checkpointing on/off (default: the preset's)")
     p.add_argument("--max-batch", action=argparse.BooleanOptionalAction, default=None,

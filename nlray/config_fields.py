@@ -229,6 +229,10 @@ class TrainConfig:
     weight_decay_bn: bool = setting(True, "false: no decay on BN (Caffe2)")
     bf16: bool = setting(True, "bfloat16 autocast on GPU; ignored on CPU")
     activation_checkpointing: bool = setting(False, "recompute activations in the backward pass (less memory)")
+    channels_last: bool = setting(False, "model weights and input clips in channels_last_3d memory format (same "
+                                  "values; cuDNN's 3D convolutions may run faster)")
+    compile: bool = setting(False, "torch.compile the model on each worker, before DDP (the first step compiles; "
+                            "on CPU needs a C++ compiler)")
     freeze_bn: bool = setting(False, "every BN a fixed affine (long clips)")
     init_from: str = setting("", "checkpoint URI, MLflow run id or runs:/<id> of a (32-frame) model",
                              check=_uri_or_run)

@@ -30,6 +30,7 @@ from nlray.secrets import adopt_credential_env
 from nlray.tracking import Run
 from nlray.train import checkpoint
 from nlray.train.precise_bn import update_bn_stats
+from nlray.train.speedups import as_input, speed_up, unwrap
 from nlray.train.optim import accumulation_steps, build_optimizer, global_batch, lr_at, peak_lr
 
 log = logging.getLogger("nlray")
@@ -73,9 +74,10 @@ def synced_batches(batches, device: torch.device) -> Iterator[tuple[dict, float]
         yield batch, waited
 
 
-def forward_loss(model: nn.Module, batch: dict, device: torch.device, bf16: bool) -> tuple[torch.Tensor, int]:
+def forward_loss(model: nn.Module, batch: dict, device: torch.device, bf16: bool,
+                 channels_last: bool = False) -> tuple[torch.Tensor, int]:
     video = batch["video"].to(device, non_blocking=True)  # (B, T, H, W, C) uint8
-    x = normalize_on_device(video, dtype=torch.float32)  # (B, C, T, H, W) float
+    x = as_input(normalize_on_device(video, dtype=torch.float32), channels_last)  # (B, C, T, H, W) float
     y = batch["label"].to(device, non_blocking=True)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(x)  # (B, K)
@@ -135,7 +137,7 @@ def save_and_report(model: nn.Module, optimizer, *, cfg: Config, meta: dict, met
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics, checkpoint_dir_name=name)
         return
-    bare = model.module if hasattr(model, "module") else model
+    bare = unwrap(model)
     with tempfile.TemporaryDirectory() as d:
         checkpoint.save(d, model_state=bare.state_dict(), optimizer_state=optimizer.state_dict(),
                         meta=meta, cfg=cfg)
@@ -230,6 +232,7 @@ def setup(config: dict) -> tuple[Loop, int, int]:
     opt_state, step, epoch, skipped = restore(model, cfg, config["init_ref"])
     if tcfg.freeze_bn:
         model = freeze_batchnorm(model)
+    model = speed_up(model, channels_last=tcfg.channels_last, compile=tcfg.compile)  # compiled before DDP: see there
     model = ray.train.torch.prepare_model(model)
     peak = peak_lr(tcfg, global_batch(tcfg, cfg.data.batch_size))
     optimizer = build_optimizer(model, tcfg, peak)
@@ -317,8 +320,9 @@ def save_due(tcfg, step: int) -> bool:
 def precise_bn(loop: Loop, shard, step: int) -> None:
     """Recompute BN statistics over ``train.precise_bn_batches`` batches a worker (one pass of the training
     data, the weights fixed); the count used goes to MLflow at ``step``."""
-    bare = loop.model.module if hasattr(loop.model, "module") else loop.model
-    inputs = (normalize_on_device(b["video"].to(loop.device), dtype=torch.float32)  # (B, C, T, H, W)
+    bare = unwrap(loop.model)  # eager, not compiled: precise BN swaps the BN layers' forward
+    inputs = (as_input(normalize_on_device(b["video"].to(loop.device), dtype=torch.float32),  # (B, C, T, H, W)
+                       loop.cfg.train.channels_last)
               for b, _ in synced_batches(epoch_batches(loop, shard), loop.device))
     with torch.autocast(device_type=loop.device.type, dtype=torch.bfloat16, enabled=loop.bf16):
         used = update_bn_stats(bare, inputs, max_batches=loop.cfg.train.precise_bn_batches)
@@ -331,7 +335,7 @@ def micro_step(loop: Loop, batch: dict, waited: float) -> bool:
     loop.micro += 1
     sync = loop.micro % loop.accum == 0
     with (loop.model.no_sync() if not sync and hasattr(loop.model, "no_sync") else nullcontext()):
-        loss, correct = forward_loss(loop.model, batch, loop.device, loop.bf16)
+        loss, correct = forward_loss(loop.model, batch, loop.device, loop.bf16, loop.cfg.train.channels_last)
         (loss / loop.accum).backward()
     loop.meter.add(loss.item(), correct, len(batch["label"]), waited)
     return sync
