@@ -83,6 +83,13 @@ def _global_batch_divides(cfg: Config) -> str:
     return ""
 
 
+def _min_workers_fit(cfg: Config) -> str:
+    if cfg.train.min_workers > cfg.train.num_workers:
+        return (f"train.min_workers={cfg.train.min_workers} must be at most train.num_workers="
+                f"{cfg.train.num_workers} (the most workers; 0 = a fixed size)")
+    return ""
+
+
 # The rules between settings, each with the keys it reads: (keys, cfg -> what is wrong, or ''). They run after
 # every setting passed its own declaration (a placement is checked against valid stage depths).
 CROSS_FIELD_RULES: tuple[tuple[tuple[str, ...], Callable[[Config], str]], ...] = (
@@ -91,4 +98,5 @@ CROSS_FIELD_RULES: tuple[tuple[tuple[str, ...], Callable[[Config], str]], ...] =
     (("model.nonlocal_placement", "model.stage_depths", "model.depth"), _placement_exists),
     (("data.decode_actors_max", "data.decode_actors"), _pool_can_grow),
     (("train.global_batch", "train.num_workers", "data.batch_size"), _global_batch_divides),
+    (("train.min_workers", "train.num_workers"), _min_workers_fit),
 )

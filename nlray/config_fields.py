@@ -210,7 +210,19 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    num_workers: int = setting(8, "Ray Train workers (one per GPU)", bounds=POSITIVE)
+    num_workers: int = setting(8, "Ray Train workers (one per GPU); with min_workers, the most", bounds=POSITIVE)
+    min_workers: int = setting(0, "elastic: start once this many workers fit, grow to num_workers when room "
+                               "appears, shrink when a node goes (the global batch stays); 0 = num_workers, a "
+                               "fixed size", bounds=NON_NEGATIVE)
+    resize_interval_s: float = setting(60.0, "elastic: seconds between Ray Train's looks for room to grow",
+                                       bounds=POSITIVE)
+    preemption_check_every: int = setting(1, "steps between asks for a preemption notice (every worker alike); "
+                                          "a notice saves a checkpoint at once", bounds=POSITIVE)
+    preemption_grace_s: float = setting(10.0, "seconds past a preemption notice's deadline before Ray Train "
+                                        "restarts the workers, so that the node's death is seen first",
+                                        bounds=NON_NEGATIVE)
+    max_preemptions: int = setting(-1, "restarts after node preemptions (a drain notice), apart from "
+                                   "max_failures", bounds=Bounds(-1), note="-1: unlimited")
     use_gpu: bool = setting(True, "train on GPUs")
     cpus_per_worker: float = setting(1.0, "CPUs reserved per train worker", bounds=NON_NEGATIVE)
     steps: int = setting(400_000, "optimizer steps", bounds=POSITIVE)

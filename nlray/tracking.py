@@ -153,9 +153,11 @@ class Run:
                 raise
             _client(self.uri).log_inputs(self.id, datasets=inputs)
 
-    def metric_history(self, key: str) -> list[tuple[int, float]]:
-        """[(step, value), ...] of one metric, by step."""
-        return sorted((m.step, m.value) for m in _client(self.uri).get_metric_history(self.id, key))
+    def metric_history(self, key: str, *, by_time: bool = False) -> list[tuple[int, float]]:
+        """[(step, value), ...] of one metric, by step (or in the order they were logged)."""
+        history = _client(self.uri).get_metric_history(self.id, key)
+        order = (lambda m: (m.timestamp, m.step)) if by_time else (lambda m: (m.step, m.value))
+        return [(m.step, m.value) for m in sorted(history, key=order)]
 
     def download(self, artifact_path: str, dst: str | Path) -> str:
         """A local copy of one artifact (file or folder) of this run; its path."""

@@ -71,7 +71,16 @@ def test_aws_passes_ray_launcher_validation_offline(aws):
     prepared = prepare_config(copy.deepcopy(aws))
     validate_config(prepared)
     assert prepared["provider"]["type"] == "aws"
-    assert set(prepared["available_node_types"]) == {"head", "gpu_8x", "decode"}
+    assert set(prepared["available_node_types"]) == {"head", "gpu_8x", "gpu_8x_spot", "decode"}
+
+
+def test_aws_spot_gpu_nodes_are_the_on_demand_ones_bought_on_the_spot_market(aws):
+    types = aws["available_node_types"]
+    spot, on_demand = copy.deepcopy(types["gpu_8x_spot"]), types["gpu_8x"]
+    market = spot["node_config"].pop("InstanceMarketOptions")
+    assert market["MarketType"] == "spot" and market["SpotOptions"]["InstanceInterruptionBehavior"] == "terminate"
+    assert "InstanceMarketOptions" not in on_demand["node_config"]
+    assert spot == on_demand  # same resources: the autoscaler may launch either for Ray Train's workers
 
 
 def test_aws_node_types_declare_their_resources(aws):
@@ -232,7 +241,12 @@ def test_raycluster_shape_matches_the_contract(raycluster):
     assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
     assert "resources" not in spec["headGroupSpec"]["rayStartParams"]
     groups = _worker_groups(spec)
-    assert set(groups) == {"gpu-8x", "decode"}
+    assert set(groups) == {"gpu-8x", "gpu-8x-spot", "decode"}
+    spot = copy.deepcopy(groups["gpu-8x-spot"]["template"]["spec"])
+    assert spot["nodeSelector"].pop("eks.amazonaws.com/capacityType") == "SPOT"  # EKS labels spot nodes so
+    assert {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"} in spot["tolerations"]
+    spot["tolerations"].remove({"key": "spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"})
+    assert spot == groups["gpu-8x"]["template"]["spec"]  # otherwise the on-demand group's pod
     gpu, dec = groups["gpu-8x"], groups["decode"]
     gpu_limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
     dec_limits = dec["template"]["spec"]["containers"][0]["resources"]["limits"]
@@ -429,7 +443,7 @@ def _ray_cluster_specs(raycluster, rayjob) -> list[dict]:
 
 def test_every_container_runs_non_root_without_privileges(raycluster, rayjob):
     pods = _pod_specs()
-    assert len(pods) == 8  # mlflow, 2 x (head, gpu-8x, decode), the submitter
+    assert len(pods) == 10  # mlflow, 2 x (head, gpu-8x, gpu-8x-spot, decode), the submitter
     containers = {f"{where}/{c['name']}": (pod, c) for where, pod in pods.items()
                   for c in pod["containers"] + pod.get("initContainers", [])}
     # KubeRay's autoscaler sidecar gets autoscalerOptions.securityContext

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from nlray.config import load_config
-from nlray.train.optim import accumulation_steps, build_optimizer, global_batch, lr_at, param_groups, peak_lr
+from nlray.train.optim import StepPlan, build_optimizer, global_batch, lr_at, param_groups, peak_lr
 
 
 def test_paper_schedule_steps_down_by_10_at_150k_and_300k():
@@ -28,9 +28,63 @@ def test_lr_scales_linearly_with_the_global_batch():
 
 def test_accumulation_reaches_the_target_global_batch():
     t = load_config("nl_i3d_r50_32f", ["train.num_workers=2", "train.global_batch=64"]).train
-    assert accumulation_steps(t, 8) == 4 and global_batch(t, 8) == 64
+    assert global_batch(t, 8) == 64 and StepPlan(64, 2, 8).accum == 4
     t0 = load_config("nl_i3d_r50_32f", ["train.num_workers=2"]).train
-    assert accumulation_steps(t0, 8) == 1 and global_batch(t0, 8) == 16
+    assert global_batch(t0, 8) == 16 and StepPlan(16, 2, 8).accum == 1
+
+
+@pytest.mark.parametrize("clips,world,batch", [(16, 2, 8), (16, 1, 8), (12, 2, 4), (16, 3, 4), (8, 3, 2),
+                                                (64, 7, 8), (64, 5, 8)])
+def test_every_world_size_makes_a_step_of_exactly_the_global_batch(clips, world, batch):
+    plan = StepPlan(clips, world, batch)
+    used = [[plan.used(r, m) for m in range(plan.accum)] for r in range(world)]
+    assert sum(map(sum, used)) == clips and all(0 <= u <= batch for row in used for u in row)
+    assert world * batch * (plan.accum - 1) < clips <= world * batch * plan.accum  # no micro-batch to spare
+
+
+class Flat(nn.Module):
+    """A model whose clips are independent in a forward (no BN): one linear layer on the flattened clip."""
+
+    def __init__(self, frames: int, side: int, classes: int):
+        super().__init__()
+        self.fc = nn.Linear(3 * frames * side * side, classes)
+
+    def forward(self, x):  # (B, 3, T, H, W) -> (B, K)
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("clips,world,batch", [(12, 2, 4), (16, 3, 4), (8, 3, 2), (16, 2, 8)])
+def test_the_weighted_micro_batches_give_the_full_batch_gradient(clips, world, batch):
+    """micro_step on each rank (the loop's own code), the ranks' gradients then averaged as DDP does, against
+    one forward and backward of the mean loss over the same clips (the clips that entered the loss)."""
+    from nlray.train.loop import Loop, micro_step
+    frames, side, classes = 2, 4, 5
+    g = torch.Generator().manual_seed(0)
+    model = Flat(frames, side, classes)
+    plan = StepPlan(clips, world, batch)
+    cfg = load_config("demo", ["data.frames=2", "train.bf16=false"])
+    grads, taken = [], []
+    for rank in range(world):
+        model.zero_grad()
+        loop = Loop(cfg, model, None, torch.device("cpu"), run=None, meta={}, peak_lr=0.1, plan=plan,
+                    logged_upto=0, rank=rank)
+        for m in range(plan.accum):
+            video = torch.randint(0, 256, (batch, frames, side, side, 3), dtype=torch.uint8, generator=g)
+            label = torch.randint(0, classes, (batch,), generator=g)
+            due = micro_step(loop, {"video": video, "label": label}, waited=0.0)
+            assert due == (m == plan.accum - 1)
+            n = plan.used(rank, m)
+            taken.append((video[:n], label[:n]))
+        grads.append([p.grad.clone() for p in model.parameters()])
+    ddp = [torch.stack(gs).mean(0) for gs in zip(*grads)]  # DDP's all-reduce: the mean over ranks
+
+    from nlray.data.transforms import normalize_on_device
+    video, label = torch.cat([v for v, _ in taken]), torch.cat([y for _, y in taken])
+    assert len(label) == clips
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(normalize_on_device(video, dtype=torch.float32)), label).backward()
+    for got, want in zip(ddp, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
 def test_bn_parameters_can_skip_weight_decay():

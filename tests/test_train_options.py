@@ -15,7 +15,7 @@ import torch
 
 from nlray.config import load_config
 from nlray.train.loop import Loop, build_worker_model, micro_step, optimizer_step
-from nlray.train.optim import build_optimizer, global_batch, peak_lr
+from nlray.train.optim import StepPlan, build_optimizer, global_batch, peak_lr
 from nlray.train.speedups import speed_up, unwrap
 from tiny import TINY
 
@@ -39,7 +39,7 @@ def losses(**options: bool) -> list[float]:
     model.train()
     lr = peak_lr(tcfg, global_batch(tcfg, cfg.data.batch_size))
     loop = Loop(cfg, model, build_optimizer(model, tcfg, lr), torch.device("cpu"), run=None, meta={},
-                peak_lr=lr, accum=1, logged_upto=0)
+                peak_lr=lr, plan=StepPlan(cfg.data.batch_size, 1, cfg.data.batch_size), logged_upto=0)
     d, g = cfg.data, torch.Generator().manual_seed(1)
     batch = {"video": torch.randint(0, 256, (d.batch_size, d.frames, d.crop_size, d.crop_size, 3),
                                     dtype=torch.uint8, generator=g),  # (B, T, H, W, C) as the data pipeline's

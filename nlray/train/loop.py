@@ -28,10 +28,11 @@ from nlray.models import build_model, freeze_batchnorm
 from nlray.progress import progress_line, quiet_train_reports
 from nlray.secrets import adopt_credential_env
 from nlray.tracking import Run
-from nlray.train import checkpoint
+from nlray.train import checkpoint, elastic
+from nlray.train.metrics import Meter, epoch_audit
 from nlray.train.precise_bn import update_bn_stats
 from nlray.train.speedups import as_input, speed_up, unwrap
-from nlray.train.optim import accumulation_steps, build_optimizer, global_batch, lr_at, peak_lr
+from nlray.train.optim import StepPlan, build_optimizer, global_batch, lr_at, peak_lr
 
 log = logging.getLogger("nlray")
 NO_DATA_TAG = "nlray.no_data_epoch"  # set by rank 0 when an epoch gave no batch; the driver then fails the run
@@ -75,48 +76,23 @@ def synced_batches(batches, device: torch.device) -> Iterator[tuple[dict, float]
 
 
 def forward_loss(model: nn.Module, batch: dict, device: torch.device, bf16: bool,
-                 channels_last: bool = False) -> tuple[torch.Tensor, int]:
+                 channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each clip's cross-entropy (B,) float32 and whether its top-1 was right (B,) bool."""
     video = batch["video"].to(device, non_blocking=True)  # (B, T, H, W, C) uint8
     x = as_input(normalize_on_device(video, dtype=torch.float32), channels_last)  # (B, C, T, H, W) float
     y = batch["label"].to(device, non_blocking=True)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(x)  # (B, K)
-    loss = F.cross_entropy(logits.float(), y)
-    return loss, int((logits.argmax(1) == y).sum())
+    return F.cross_entropy(logits.float(), y, reduction="none"), logits.argmax(1) == y
 
 
-class Meter:
-    """Sums over a logging interval, reduced across workers: loss, correct, clips, data wait, wall time."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums = torch.zeros(4, dtype=torch.float64)  # loss*clips, correct, clips, data-wait seconds
-        self.t0 = time.perf_counter()
-
-    def add(self, loss: float, correct: int, clips: int, waited: float) -> None:
-        self.sums += torch.tensor([loss * clips, correct, clips, waited], dtype=torch.float64)
-
-    def reduce(self) -> dict[str, float]:
-        s = self.sums.to(self.device)
-        if dist.is_initialized():
-            dist.all_reduce(s)
-        loss_sum, correct, clips, waited = s.tolist()
-        elapsed = time.perf_counter() - self.t0
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        return {"train/loss": loss_sum / max(clips, 1), "train/clip_top1": correct / max(clips, 1),
-                "train/clips_per_s": clips / max(elapsed, 1e-9),
-                "train/data_wait_share": waited / world / max(elapsed, 1e-9)}
-
-
-def restore(model: nn.Module, cfg: Config, init_ref) -> tuple[Optional[dict], int, int, list[str]]:
+def restore(model: nn.Module, cfg: Config, init_ref) -> tuple[Optional[dict], dict, list[str]]:
     """Load the newest checkpoint of this run that loads (resume) or else the driver's initial weights.
 
     The run's folder is looked at as well as the checkpoint Ray Train registered: a node lost right after
     an upload leaves a whole checkpoint that the controller never heard of.
-    Returns (optimizer state or None, step, epoch, checkpoints skipped because they did not load).
+    Returns (optimizer state or None, the checkpoint's meta (step, epoch, world_size, ...) or {}, checkpoints
+    skipped because they did not load).
     """
     reported, stored = ray.train.get_checkpoint(), checkpoint.stored_checkpoints(cfg)
     if reported is not None and reported.path not in {c.path for c in stored}:
@@ -124,10 +100,10 @@ def restore(model: nn.Module, cfg: Config, init_ref) -> tuple[Optional[dict], in
     if stored:
         state, skipped = checkpoint.load_latest_good(stored)
         model.load_state_dict(state["model"])
-        return state["optimizer"], int(state["meta"]["step"]), int(state["meta"].get("epoch", 0)), skipped
+        return state["optimizer"], state["meta"], skipped
     if init_ref is not None:
         model.load_state_dict(ray.get(init_ref))
-    return None, 0, 0, []
+    return None, {}, []
 
 
 def save_and_report(model: nn.Module, optimizer, *, cfg: Config, meta: dict, metrics: dict,
@@ -142,21 +118,6 @@ def save_and_report(model: nn.Module, optimizer, *, cfg: Config, meta: dict, met
         checkpoint.save(d, model_state=bare.state_dict(), optimizer_state=optimizer.state_dict(),
                         meta=meta, cfg=cfg)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
-
-
-def epoch_audit(seen: list[torch.Tensor], device: torch.device) -> dict[str, float]:
-    """Clips of one whole epoch over all workers, and how many of them were a training row seen before in it
-    (a collective: every rank calls it). Each row of the repeated training frame is one clip per epoch
-    (``train_frame``), so ``data/epoch_duplicates`` must stay 0, a decoder restarted mid-epoch included;
-    ``data/epoch_clips`` is the rows that decoded, less each worker's last partial batch."""
-    idx = torch.cat(seen) if seen else torch.zeros(0, dtype=torch.int64)  # (clips,) training rows
-    size = torch.tensor([int(idx.max()) + 1 if len(idx) else 0], device=device)
-    if dist.is_initialized():
-        dist.all_reduce(size, op=dist.ReduceOp.MAX)
-    counts = torch.bincount(idx, minlength=int(size.item())).to(device)  # (rows,)
-    if dist.is_initialized():
-        dist.all_reduce(counts)
-    return {"data/epoch_clips": float(counts.sum()), "data/epoch_duplicates": float((counts - 1).clamp(min=0).sum())}
 
 
 def bad_video_metrics(cfg: Config) -> dict[str, float]:
@@ -177,19 +138,21 @@ class Loop:
     run: Run
     meta: dict  # saved in every checkpoint beside step and epoch
     peak_lr: float
-    accum: int  # micro-batches per optimizer step
+    plan: StepPlan  # how this world size makes each step's global batch
     logged_upto: int  # steps up to here are in MLflow already (a restart replays them: not logged again)
     # after falling back past a checkpoint that did not load, new checkpoints of the same steps get their own
     # folders: Ray Train's retention would otherwise delete the new one with the bad one it replaces
     dir_suffix: str = ""
     meter: Meter = None  # type: ignore[assignment]
     start_step: int = 0  # the step this session (re)started at: the console's eta counts from here
+    rank: int = 0  # this worker's world rank
 
     def __post_init__(self):
         self.meter = Meter(self.device)
         self.t_start = time.perf_counter()
         self.bf16 = self.cfg.train.bf16 and self.device.type == "cuda"
         self.micro = 0
+        self.notice = None  # Ray Train's PreemptionInfo once a notice came (the checkpoint is saved; asked no more)
 
 
 def train_func(config: dict) -> None:
@@ -229,22 +192,26 @@ def setup(config: dict) -> tuple[Loop, int, int]:
     worker_logging()
     torch.manual_seed(tcfg.seed + rank)
     model = build_worker_model(cfg)
-    opt_state, step, epoch, skipped = restore(model, cfg, config["init_ref"])
+    opt_state, restored, skipped = restore(model, cfg, config["init_ref"])
+    step, epoch = int(restored.get("step", 0)), int(restored.get("epoch", 0))
     if tcfg.freeze_bn:
         model = freeze_batchnorm(model)
     model = speed_up(model, channels_last=tcfg.channels_last, compile=tcfg.compile)  # compiled before DDP: see there
     model = ray.train.torch.prepare_model(model)
-    peak = peak_lr(tcfg, global_batch(tcfg, cfg.data.batch_size))
+    plan = StepPlan(global_batch(tcfg, cfg.data.batch_size), ray.train.get_context().get_world_size(),
+                    cfg.data.batch_size)
+    peak = peak_lr(tcfg, plan.clips)  # the same at every world size
     optimizer = build_optimizer(model, tcfg, peak)
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
-    meta = {"labels": config["labels"], "mlflow_run_id": run.id, "schedule": {
+    meta = {"labels": config["labels"], "mlflow_run_id": run.id, "world_size": plan.world, "schedule": {
         "peak_lr": peak, "milestones": tcfg.lr_milestones, "gamma": tcfg.lr_gamma, "warmup": tcfg.warmup_steps}}
     logged = note_start(run, step, skipped) if rank == 0 else 0
+    if rank == 0:
+        elastic.note_world(run, step, plan, restored)
     model.train()
-    return Loop(cfg, model, optimizer, ray.train.torch.get_device(), run, meta, peak,
-                accumulation_steps(tcfg, cfg.data.batch_size), logged,
-                f"_from{step:08d}" if skipped else "", start_step=step), step, epoch
+    return Loop(cfg, model, optimizer, ray.train.torch.get_device(), run, meta, peak, plan, logged,
+                f"_from{step:08d}" if skipped else "", start_step=step, rank=rank), step, epoch
 
 
 def worker_logging() -> None:
@@ -291,7 +258,9 @@ def train_epoch(loop: Loop, shard, step: int, epoch: int, last_saved: int) -> tu
         lr = optimizer_step(loop, step)
         if step % tcfg.log_every == 0 or step == tcfg.steps:
             log_interval(loop, step, epoch, lr)
-        if save_due(tcfg, step):
+        if preempted(loop, step, epoch):  # a notice: saved at once
+            last_saved = step
+        elif save_due(tcfg, step):
             save(loop, step, epoch)
             last_saved = step
         if step >= tcfg.steps:
@@ -331,13 +300,17 @@ def precise_bn(loop: Loop, shard, step: int) -> None:
 
 
 def micro_step(loop: Loop, batch: dict, waited: float) -> bool:
-    """Forward and backward of one batch; True when the accumulated gradients are due for a step."""
+    """Forward and backward of one batch, its clips weighted as the step plan says (the first ``used`` enter
+    the loss); True when the accumulated gradients are due for a step."""
+    index = loop.micro % loop.plan.accum  # this micro-batch's place in the step
     loop.micro += 1
-    sync = loop.micro % loop.accum == 0
+    sync = index == loop.plan.accum - 1
+    used = loop.plan.used(loop.rank, index)
     with (loop.model.no_sync() if not sync and hasattr(loop.model, "no_sync") else nullcontext()):
-        loss, correct = forward_loss(loop.model, batch, loop.device, loop.bf16, loop.cfg.train.channels_last)
-        (loss / loop.accum).backward()
-    loop.meter.add(loss.item(), correct, len(batch["label"]), waited)
+        losses, hits = forward_loss(loop.model, batch, loop.device, loop.bf16, loop.cfg.train.channels_last)
+        loss_sum = losses[:used].sum()  # losses (B,): the clips beyond ``used`` count 0
+        (loss_sum * loop.plan.weight).backward()  # DDP averages over the world: the mean over the step's clips
+    loop.meter.add(loss_sum.item(), int(hits[:used].sum()), used, waited)
     return sync
 
 
@@ -350,12 +323,27 @@ def optimizer_step(loop: Loop, step: int) -> float:
         group["lr"] = lr
     loop.optimizer.step()
     loop.optimizer.zero_grad(set_to_none=True)
+    loop.meter.step()
     return lr
 
 
 def save(loop: Loop, step: int, epoch: int) -> None:
     save_and_report(loop.model, loop.optimizer, cfg=loop.cfg, meta={**loop.meta, "step": step, "epoch": epoch},
                     metrics={"step": step, "epoch": epoch}, suffix=loop.dir_suffix)
+
+
+def preempted(loop: Loop, step: int, epoch: int) -> bool:
+    """On the first preemption notice (nlray.train.elastic.ask), a checkpoint now, recording the notice; then
+    training goes on until the node goes. True when that checkpoint was saved."""
+    info = elastic.ask(loop.cfg.train, step, loop.notice is not None)
+    if info is None:
+        return False
+    loop.notice, t0 = info, time.perf_counter()
+    loop.meta.update(elastic.notice_meta(info, step))  # this and later checkpoints of this worker group
+    save(loop, step, epoch)
+    if loop.rank == 0:
+        elastic.note_notice(loop.run, info, step, time.perf_counter() - t0)
+    return True
 
 
 def log_interval(loop: Loop, step: int, epoch: int, lr: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -12,14 +13,43 @@ from nlray.config import TrainConfig
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def accumulation_steps(tcfg: TrainConfig, per_worker_batch: int) -> int:
-    """Micro-batches per optimizer step so that a step sees ``global_batch`` clips."""
-    per_step = tcfg.num_workers * per_worker_batch
-    return max(1, tcfg.global_batch // per_step) if tcfg.global_batch else 1
-
-
 def global_batch(tcfg: TrainConfig, per_worker_batch: int) -> int:
-    return tcfg.num_workers * per_worker_batch * accumulation_steps(tcfg, per_worker_batch)
+    """Clips one optimizer step sees: ``train.global_batch``, else ``train.num_workers`` (the most workers) x
+    the per-worker batch. The same at every world size of an elastic run, so that the recipe (lr, schedule,
+    steps) is that of the fixed-size run."""
+    return tcfg.global_batch or tcfg.num_workers * per_worker_batch
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How ``world`` workers with micro-batches of ``batch`` clips make one optimizer step of ``clips`` clips.
+
+    ``accum`` micro-batches a step, enough to hold the clips. When world x batch does not divide the clips
+    (an elastic run at a world size that is not a divisor), the last micro-batch is weighted: each worker
+    runs all of its clips forward, and only ``used(rank, accum - 1)`` of them enter the loss, together the
+    clips the earlier micro-batches left, spread over the ranks. Each clip that counts has the loss weight
+    world / clips and DDP averages the gradients over world, so the step's gradient is the mean over exactly
+    ``clips`` clips' losses, as in one big batch (tests/test_optim.py). BN in training mode normalises each
+    micro-batch with its own statistics, as with any accumulation."""
+
+    clips: int
+    world: int
+    batch: int
+
+    @property
+    def accum(self) -> int:
+        return -(-self.clips // (self.world * self.batch))  # ceil
+
+    @property
+    def weight(self) -> float:
+        return self.world / self.clips
+
+    def used(self, rank: int, micro: int) -> int:
+        """Clips of this rank's micro-batch ``micro`` (0-based within the step) that enter the loss."""
+        if micro < self.accum - 1:
+            return self.batch
+        rest = self.clips - self.world * self.batch * (self.accum - 1)  # 1 .. world x batch clips left
+        return rest // self.world + int(rank < rest % self.world)
 
 
 def peak_lr(tcfg: TrainConfig, batch: int) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ray
 from ray.data import DataContext, ExecutionOptions
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, RunConfig
 from ray.train import DataConfig as IngestConfig  # Ray Train's: how datasets reach the workers
 from ray.train.torch import TorchTrainer
 
@@ -26,7 +26,7 @@ from nlray.data.synthetic_spec import CLASSES, FLIP_LABEL_MAP, SPECS
 from nlray.models import build_model
 from nlray.secrets import credential_env, redact
 from nlray.tracking import Run
-from nlray.train import checkpoint
+from nlray.train import checkpoint, elastic
 from nlray.train.evaluate import evaluate
 from nlray.train.weights import initial_weights
 from nlray.train.loop import NO_DATA_TAG, train_func
@@ -80,10 +80,9 @@ def make_trainer(cfg: Config, labels: list[str], run: Run, init_ref, train_ds) -
         # loggers) write train_loop_config out, where an object shows only its id
         train_loop_config={"cfg": to_yaml(cfg), "labels": labels, "run": run, "init_ref": init_ref,
                            "credentials": credentials},
-        scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
-                                     resources_per_worker=worker_resources(cfg)),
+        scaling_config=elastic.scaling_config(tcfg, worker_resources(cfg)),
         run_config=RunConfig(name=cfg.name, storage_path=path, storage_filesystem=fs,
-                             failure_config=FailureConfig(max_failures=tcfg.max_failures),
+                             failure_config=elastic.failure_config(tcfg),
                              checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints)),
         datasets={"train": train_ds},
         dataset_config=IngestConfig(execution_options=ingest_options()),
@@ -118,7 +117,8 @@ def fit(cfg: Config) -> dict:
     cfg = dataclasses.replace(cfg, train=scaled, tracking=dataclasses.replace(cfg.tracking, uri=uri))
     init = initial_weights(cfg)  # a bad --init-from fails here, before a run or a worker exists
     dataset = tracking.manifest_dataset(df, labels, **dataset_identity(cfg))
-    run, resumed = tracking.start_or_resume_run(cfg, labels, {"world_size": cfg.train.num_workers, **schedule},
+    sizes = {"world_size": cfg.train.num_workers, "min_world_size": cfg.train.min_workers or cfg.train.num_workers}
+    run, resumed = tracking.start_or_resume_run(cfg, labels, {**sizes, **schedule},
                                                 dataset=dataset)
     log.info("MLflow run %s (%s) at %s", run.id, "resumed" if resumed else "new", redact(run.uri))
     if not resumed:
